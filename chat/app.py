@@ -1,0 +1,517 @@
+"""The edge: Starlette routes, the lifespan, and each WebSocket's reader and writer.
+
+Only this module knows Starlette. HTTP handlers decode a body into a msgspec
+type, call the node and encode its answer; every `ChatError` becomes the
+contract's error body. A WebSocket gets two tasks: the reader decodes frames
+and awaits the node one frame at a time, the writer drains the connection's
+bounded queue into the socket; when either ends, the other is cancelled and
+the connection leaves its rooms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from . import logs, metrics
+from .broker import create_broker
+from .config import Settings
+from .errors import HTTP_STATUS, ChatError, Close, invalid
+from .hub import Connection
+from .node import Node, new_origin
+from .protocol import (
+    AddMember,
+    ErrorBody,
+    ErrorFrame,
+    ErrorOut,
+    FrameError,
+    Hello,
+    LogIn,
+    MessageOut,
+    MessagesOut,
+    NewBot,
+    NewDm,
+    NewMessage,
+    NewRoom,
+    PresenceOut,
+    RoomOut,
+    RoomsOut,
+    SessionOut,
+    SignUp,
+    User,
+    UserOut,
+    Welcome,
+    check_body,
+    decode_body,
+    decode_frame,
+    encode,
+    encode_text,
+    is_json,
+    peek_ref,
+)
+from .store import UNAVAILABLE_ERRORS, Store
+
+log = logging.getLogger("chat.app")
+
+STATIC = Path(__file__).parent / "static"
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(encode(body), status_code=status, media_type="application/json")
+
+
+def error_response(code: str, message: str, status: int | None = None) -> Response:
+    body = ErrorOut(error=ErrorBody(code=code, message=message))
+    return json_response(body, status or HTTP_STATUS[code])
+
+
+def _node(request: Request | WebSocket) -> Node:
+    node: Node = request.app.state.node
+    return node
+
+
+def _settings(request: Request | WebSocket) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def read_body(request: Request, type_: type[Any]) -> Any:
+    """Read and decode a JSON body: 413 over the limit, 400 not JSON, 422 wrong shape."""
+    limit = _settings(request).max_http_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ChatError("too_large", f"the body is over {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ChatError("too_large", f"the body is over {limit} bytes")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if not is_json(data):
+        raise invalid("the body is not JSON", status=400)
+    try:
+        return decode_body(data, type_)
+    except FrameError as exc:
+        raise invalid(str(exc)) from None
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ChatError("unauthorized", "send `Authorization: Bearer TOKEN`")
+    return token.strip()
+
+
+async def current_user(request: Request) -> tuple[User, bytes]:
+    return await _node(request).accounts.authenticate(_bearer(request))
+
+
+def _id(request: Request, name: str = "room_id") -> int:
+    raw = request.path_params[name]
+    if not raw.isdigit() or len(raw) > 18 or raw.startswith("0"):
+        raise ChatError("not_found", "no such room")
+    return int(raw)
+
+
+def _query_int(request: Request, name: str, lo: int, hi: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(f"`{name}` must be an integer") from None
+    if not lo <= value <= hi:
+        raise invalid(f"`{name}` must be between {lo} and {hi}")
+    return value
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def endpoint(handler: Handler) -> Handler:
+    """Run a handler with a request id in the logs and the contract's errors."""
+
+    async def run(request: Request) -> Response:
+        token = logs.context.set("req-" + secrets.token_hex(4))
+        try:
+            response = await handler(request)
+        except ChatError as exc:
+            metrics.ERRORS.labels(exc.code).inc()
+            response = error_response(exc.code, exc.message, exc.status)
+        except Exception:
+            log.exception("request failed", extra={"path": request.url.path})
+            response = error_response("internal", "the server failed; it has been logged")
+        finally:
+            logs.context.reset(token)
+        route = request.scope.get("route")
+        metrics.HTTP_REQUESTS.labels(getattr(route, "path", "?"), str(response.status_code)).inc()
+        return response
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
+
+
+# -- accounts -----------------------------------------------------------------
+
+
+@endpoint
+async def sign_up(request: Request) -> Response:
+    body: SignUp = await read_body(request, SignUp)
+    user = await _node(request).accounts.sign_up(body.username, body.password)
+    return json_response(UserOut(user=user), 201)
+
+
+@endpoint
+async def log_in(request: Request) -> Response:
+    body: LogIn = await read_body(request, LogIn)
+    token, user = await _node(request).accounts.log_in(body.username, body.password)
+    return json_response(SessionOut(token=token, user=user), 201)
+
+
+@endpoint
+async def log_out(request: Request) -> Response:
+    _, token_hash = await current_user(request)
+    await _node(request).log_out(token_hash)
+    return Response(status_code=204)
+
+
+@endpoint
+async def create_bot(request: Request) -> Response:
+    user, _ = await current_user(request)
+    body: NewBot = await read_body(request, NewBot)
+    token, bot = await _node(request).accounts.create_bot(user, body.username)
+    return json_response(SessionOut(token=token, user=bot), 201)
+
+
+# -- rooms --------------------------------------------------------------------
+
+
+@endpoint
+async def create_room(request: Request) -> Response:
+    user, _ = await current_user(request)
+    body: NewRoom = await read_body(request, NewRoom)
+    if body.name.isspace():
+        raise invalid("`name` must not be only white space")
+    room = await _node(request).create_room(user, body.name.strip(), body.private)
+    return json_response(RoomOut(room=room), 201)
+
+
+@endpoint
+async def list_rooms(request: Request) -> Response:
+    user, _ = await current_user(request)
+    return json_response(RoomsOut(rooms=await _node(request).rooms(user)))
+
+
+@endpoint
+async def join_room(request: Request) -> Response:
+    user, _ = await current_user(request)
+    room = await _node(request).join_room(user, _id(request))
+    return json_response(RoomOut(room=room))
+
+
+@endpoint
+async def add_member(request: Request) -> Response:
+    user, _ = await current_user(request)
+    room_id = _id(request)
+    body: AddMember = await read_body(request, AddMember)
+    room = await _node(request).add_member(user, room_id, body.username)
+    return json_response(RoomOut(room=room))
+
+
+@endpoint
+async def remove_member(request: Request) -> Response:
+    user, _ = await current_user(request)
+    await _node(request).remove_member(user, _id(request), request.path_params["username"])
+    return Response(status_code=204)
+
+
+@endpoint
+async def create_dm(request: Request) -> Response:
+    user, _ = await current_user(request)
+    body: NewDm = await read_body(request, NewDm)
+    room = await _node(request).dm(user, body.username)
+    return json_response(RoomOut(room=room))
+
+
+@endpoint
+async def history(request: Request) -> Response:
+    user, _ = await current_user(request)
+    room = _id(request)
+    before = _query_int(request, "before", 0, 2**62)
+    after = _query_int(request, "after", 0, 2**62)
+    limit = _query_int(request, "limit", 1, 200) or 50
+    messages = await _node(request).history(user, room, before, after, limit)
+    return json_response(MessagesOut(messages=messages))
+
+
+@endpoint
+async def post_message(request: Request) -> Response:
+    user, _ = await current_user(request)
+    room = _id(request)
+    body: NewMessage = await read_body(request, NewMessage)
+    check_body(body.body)
+    message = await _node(request).send(user, room, body.body, body.client_id)
+    return json_response(MessageOut(message=message), 201)
+
+
+@endpoint
+async def presence(request: Request) -> Response:
+    user, _ = await current_user(request)
+    online = await _node(request).online(user, _id(request))
+    return json_response(PresenceOut(online=online))
+
+
+# -- operations ---------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    node = _node(request)
+    db_ok, broker_ok = await asyncio.gather(node.store.ping(), node.broker.ping())
+    down = [name for name, ok in (("postgresql", db_ok), ("broker", broker_ok)) if not ok]
+    if down:
+        return error_response("unavailable", "down: " + ", ".join(down))
+    return JSONResponse({"status": "ready"})
+
+
+async def prometheus(request: Request) -> Response:
+    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def index(request: Request) -> Response:
+    page = STATIC / "index.html"
+    if not page.is_file():
+        return Response("chat server: the browser client is not installed", media_type="text/plain")
+    return FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+# -- WebSocket ----------------------------------------------------------------
+
+
+def origin_allowed(websocket: WebSocket, allowed: tuple[str, ...]) -> bool:
+    """No Origin (a bot) is fine; a browser's must be ours or listed."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    host = websocket.headers.get("host", "").lower()
+    if host and origin in (f"http://{host}", f"https://{host}"):
+        return True
+    return origin in allowed
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    settings = _settings(websocket)
+    node = _node(websocket)
+    if not origin_allowed(websocket, settings.allowed_origins):
+        log.info("websocket refused: origin not allowed")
+        await websocket.close(code=1008)  # before accept: the server answers 403
+        return
+    await websocket.accept()
+    conn = await _hello(websocket, node, settings)
+    if conn is None:
+        return
+    token = logs.context.set(f"conn-{conn.id}")
+    reader = asyncio.create_task(_read(websocket, node, conn), name=f"read-{conn.id}")
+    writer = asyncio.create_task(_write(websocket, conn), name=f"write-{conn.id}")
+    try:
+        await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (reader, writer):
+            task.cancel()
+        await asyncio.gather(reader, writer, return_exceptions=True)
+        await node.detach(conn)
+        logs.context.reset(token)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
+    with contextlib.suppress(Exception):
+        await websocket.close(code, reason)
+
+
+async def _hello(websocket: WebSocket, node: Node, settings: Settings) -> Connection | None:
+    """Wait for `hello`; anything else (or nothing in time) closes with 4001."""
+    try:
+        msg = await asyncio.wait_for(websocket.receive(), settings.hello_timeout)
+    except TimeoutError:
+        await _close(websocket, Close.UNAUTHORIZED, "no hello in time")
+        return None
+    if msg["type"] == "websocket.disconnect":
+        return None
+    data: str | bytes = msg.get("text") or msg.get("bytes") or b""
+    try:
+        frame = decode_frame(data)
+    except FrameError:
+        frame = None
+    if not isinstance(frame, Hello):
+        await _close(websocket, Close.UNAUTHORIZED, "the first frame must be hello")
+        return None
+    try:
+        user, token_hash = await node.accounts.authenticate(frame.token)
+        client = websocket.client
+        conn = Connection(
+            user,
+            token_hash,
+            max_frames=settings.outbound_queue_frames,
+            max_bytes=settings.outbound_queue_bytes,
+            remote=f"{client.host}:{client.port}" if client else "",
+        )
+        node.attach(conn)
+    except ChatError as exc:
+        with contextlib.suppress(Exception):
+            await websocket.send_text(
+                encode_text(ErrorFrame(ref=None, code=exc.code, message=exc.message))
+            )
+        code = {
+            "unauthorized": Close.UNAUTHORIZED,
+            "rate_limited": Close.TOO_MANY,
+        }.get(exc.code, Close.TRY_AGAIN)
+        await _close(websocket, code, exc.message)
+        return None
+    conn.push(encode_text(Welcome(user=user, heartbeat=settings.heartbeat)))
+    log.info("connected", extra={"conn": conn.id, "user": user.id})
+    return conn
+
+
+async def _read(websocket: WebSocket, node: Node, conn: Connection) -> None:
+    while not conn.closing:
+        msg = await websocket.receive()
+        if msg["type"] == "websocket.disconnect":
+            return
+        data = msg.get("text")
+        if data is None:
+            data = msg.get("bytes") or b""
+        ref: Any = None
+        try:
+            frame = decode_frame(data)
+            ref = getattr(frame, "ref", None)
+            metrics.FRAMES_IN.labels(type(frame).__name__.lower()).inc()
+            await node.handle(conn, frame)
+        except FrameError as exc:
+            await _reply_error(conn, peek_ref(data), "invalid", str(exc))
+        except ChatError as exc:
+            await _reply_error(conn, ref, exc.code, exc.message)
+        except Exception:
+            log.exception("frame failed")
+            await _reply_error(conn, ref, "internal", "the server failed; it has been logged")
+
+
+async def _reply_error(conn: Connection, ref: Any, code: str, message: str) -> None:
+    metrics.ERRORS.labels(code).inc()
+    await conn.put(encode_text(ErrorFrame(ref=ref, code=code, message=message)))
+
+
+async def _write(websocket: WebSocket, conn: Connection) -> None:
+    send = websocket.send
+    while True:
+        await conn.wakeup.wait()
+        conn.wakeup.clear()
+        while (text := conn.pop()) is not None:
+            await send({"type": "websocket.send", "text": text})
+        if conn.close_code is not None:
+            if conn.close_code == Close.TRY_AGAIN:
+                metrics.CLOSES.labels(str(Close.TRY_AGAIN)).inc()
+            await _close(websocket, conn.close_code, conn.close_reason)
+            return
+
+
+# -- the application ----------------------------------------------------------
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException) and exc.status_code == 405:
+        return error_response("invalid", f"{request.method} is not allowed here", 405)
+    if isinstance(exc, HTTPException) and exc.status_code == 404:
+        return error_response("not_found", f"no route for {request.url.path}")
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    return error_response("internal" if status >= 500 else "invalid", str(exc), status)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The ASGI app; `settings` defaults to the environment."""
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        origin = new_origin()
+        store = await _connect_store(settings)
+        broker = create_broker(settings.redis_url, origin)
+        if not settings.redis_url:
+            log.warning("no REDIS_URL: fanning out in-process; run one process only")
+        node = Node(settings, store, broker, origin)
+        await node.start()
+        app.state.node = node
+        log.info("ready", extra={"origin": origin, "broker": type(broker).__name__})
+        try:
+            yield
+        finally:
+            await node.stop()
+            await store.close()
+
+    routes = [
+        Route("/api/users", sign_up, methods=["POST"]),
+        Route("/api/sessions", log_in, methods=["POST"]),
+        Route("/api/sessions/current", log_out, methods=["DELETE"]),
+        Route("/api/bots", create_bot, methods=["POST"]),
+        Route("/api/rooms", create_room, methods=["POST"]),
+        Route("/api/rooms", list_rooms, methods=["GET"]),
+        Route("/api/rooms/{room_id}/join", join_room, methods=["POST"]),
+        Route("/api/rooms/{room_id}/members", add_member, methods=["POST"]),
+        Route("/api/rooms/{room_id}/members/{username}", remove_member, methods=["DELETE"]),
+        Route("/api/dms", create_dm, methods=["POST"]),
+        Route("/api/rooms/{room_id}/messages", history, methods=["GET"]),
+        Route("/api/rooms/{room_id}/messages", post_message, methods=["POST"]),
+        Route("/api/rooms/{room_id}/presence", presence, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        Route("/", index, methods=["GET"]),
+        WebSocketRoute("/ws", websocket_endpoint),
+    ]
+    if STATIC.is_dir():
+        routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _not_found, 404: _not_found, 405: _not_found},
+    )
+    app.state.settings = settings
+    return app
+
+
+async def _connect_store(settings: Settings) -> Store:
+    """Connect and migrate, waiting up to 30 s for PostgreSQL to come up."""
+    delay = 0.1
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        try:
+            return await Store.connect(settings)
+        except UNAVAILABLE_ERRORS as exc:
+            if loop.time() > deadline:
+                raise
+            log.warning("waiting for postgresql", extra={"error": type(exc).__name__})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2)

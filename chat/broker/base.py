@@ -1,0 +1,77 @@
+"""The broker interface: five pub/sub methods and four for presence.
+
+Pub/sub carries opaque bytes per channel. Delivery is at most once and may
+drop frames while a link is down: `on_reconnect` tells the node so that it can
+re-sync its rooms from PostgreSQL. Presence entries are (room, user) pairs
+held by a process; they expire unless refreshed, so the users of a process
+that died leave on their own.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ..protocol import User
+
+# (channel, payload) from any process, this one included.
+OnMessage = Callable[[str, bytes], None]
+# Called after the broker link came back: frames may have been lost meanwhile.
+OnReconnect = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEntry:
+    """One user being in one room on this process."""
+
+    room: int
+    user: User
+    # msgspec encoding of `user`, kept so that every call uses the same bytes.
+    user_json: str
+
+
+class Broker(ABC):
+    """Moves frames between processes and keeps who is online where."""
+
+    # True while the link to the broker is up (always, in memory).
+    connected: bool = True
+
+    @abstractmethod
+    async def connect(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None: ...
+
+    @abstractmethod
+    async def disconnect(self) -> None: ...
+
+    @abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """Start receiving `channel`; returns once the broker has confirmed it."""
+
+    @abstractmethod
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    @abstractmethod
+    async def publish(self, channel: str, payload: bytes) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """Whether the broker answers now."""
+
+    # -- presence -------------------------------------------------------------
+
+    @abstractmethod
+    async def presence_add(self, entry: PresenceEntry, ttl: float) -> tuple[bool, list[User]]:
+        """Add or refresh an entry. Returns (the user just came online in the room,
+        users whose entries had all expired and were swept out)."""
+
+    @abstractmethod
+    async def presence_remove(self, entry: PresenceEntry) -> bool:
+        """Remove an entry; True when it was the user's last one in the room."""
+
+    @abstractmethod
+    async def presence_sweep(self, room: int) -> list[User]:
+        """Drop expired entries; the users who left the room by that."""
+
+    @abstractmethod
+    async def presence_list(self, room: int) -> list[User]:
+        """Users with a live entry in the room, on any process, by id."""

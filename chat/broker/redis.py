@@ -1,0 +1,285 @@
+"""The Redis broker: one pub/sub connection per process, presence in sorted sets.
+
+Only this module knows Redis. The pub/sub link is owned by one task that
+reconnects with jittered backoff and, on every reconnect after the first, calls
+`on_reconnect` once its channels are subscribed again: Redis drops whatever
+was published while a subscriber was away, so the node re-syncs from
+PostgreSQL. redis-py's own silent resubscription is turned off (no retries on
+the pub/sub client) so that no drop goes unnoticed.
+
+Presence: per room a sorted set of `origin|user id|user json` members scored by
+expiry (ms, Redis's own clock) and a hash counting each user's live entries.
+Lua scripts keep the two consistent and report who came or went; the keys of a
+room share a hash tag, so the scripts run on Redis Cluster too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import RedisError
+
+from ..protocol import User
+from .base import Broker, OnMessage, OnReconnect, PresenceEntry
+
+log = logging.getLogger("chat.broker")
+
+_SWEEP = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local left = {}
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, m in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], m)
+  local uid, json = string.match(m, '^[^|]*|([^|]*)|(.*)$')
+  if redis.call('HINCRBY', KEYS[2], uid, -1) <= 0 then
+    redis.call('HDEL', KEYS[2], uid)
+    table.insert(left, json)
+  end
+end
+"""
+
+# KEYS: zset, counts. ARGV: member, user id, ttl ms. Returns {joined, {left json...}}.
+_ADD = (
+    _SWEEP
+    + """
+local joined = 0
+if redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1]) == 1 then
+  if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then joined = 1 end
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 2)
+return {joined, left}
+"""
+)
+
+_SWEEP_ONLY = _SWEEP + "\nreturn left\n"
+
+# KEYS: zset, counts. ARGV: member, user id. Returns 1 when that was the user's last entry.
+_REMOVE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
+    redis.call('HDEL', KEYS[2], ARGV[2])
+    return 1
+  end
+end
+return 0
+"""
+
+_LIST = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+"""
+
+_user_decoder = msgspec.json.Decoder(User)
+
+
+def _keys(room: int) -> list[str]:
+    tag = f"chat:presence:{{{room}}}"
+    return [tag, tag + ":n"]
+
+
+class RedisBroker(Broker):
+    """Pub/sub and presence through one Redis server (or cluster)."""
+
+    def __init__(self, url: str, origin: str) -> None:
+        # The REDIS_URL; never logged, it may hold a password.
+        self.url = url
+        # This process's id: part of presence members and of its own channel.
+        self.origin = origin
+        # Commands (publish, scripts) on a small pool that retries briefly.
+        self.redis = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+        )
+        # Every channel this process wants, whether or not the link is up now.
+        self.channels: set[str] = {f"chat:process:{origin}"}
+        # Channel -> futures of subscribe() calls waiting for Redis to confirm.
+        self.waiting: dict[str, list[asyncio.Future[None]]] = {}
+        self.connected = False
+        self.on_message: OnMessage | None = None
+        self.on_reconnect: OnReconnect | None = None
+        # The current pub/sub object, while the link is up.
+        self.pubsub: Any = None
+        # The task that owns the pub/sub link.
+        self.task: asyncio.Task[None] | None = None
+        # Reconnects after the first connection, for metrics and tests.
+        self.reconnects = 0
+        # The node's re-sync after the latest reconnect.
+        self.resync: asyncio.Future[None] | None = None
+        # Set once the first subscription round is confirmed.
+        self.first_connect = asyncio.Event()
+        self._add = self.redis.register_script(_ADD)
+        self._sweep = self.redis.register_script(_SWEEP_ONLY)
+        self._remove = self.redis.register_script(_REMOVE)
+        self._list = self.redis.register_script(_LIST)
+
+    async def connect(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
+        self.on_message = on_message
+        self.on_reconnect = on_reconnect
+        self.task = asyncio.create_task(self._run(), name="redis-pubsub")
+        try:
+            await asyncio.wait_for(self.first_connect.wait(), 5)
+        except TimeoutError:
+            log.warning("redis not reachable yet; serving and retrying in the background")
+
+    async def disconnect(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+            self.task = None
+        await self.redis.aclose()
+
+    async def _run(self) -> None:
+        delay = 0.05
+        ever = False
+        while True:
+            client = aioredis.Redis.from_url(
+                self.url,
+                socket_connect_timeout=2,
+                health_check_interval=5,
+                retry=Retry(NoBackoff(), 0),
+            )
+            pubsub = client.pubsub()
+            try:
+                channels = sorted(self.channels)
+                await pubsub.subscribe(*channels)
+                pending = set(channels)
+                # Wait for every confirmation before saying the link is up.
+                while pending:
+                    msg = await pubsub.get_message(timeout=5)
+                    if msg is None:
+                        raise TimeoutError("redis did not confirm the subscriptions")
+                    self._handle(msg)
+                    if msg["type"] == "subscribe":
+                        pending.discard(_text(msg["channel"]))
+                self.pubsub = pubsub
+                self.connected = True
+                self.first_connect.set()
+                for channel in list(self.waiting):
+                    if channel in self.channels:
+                        self._confirm(channel)
+                delay = 0.05
+                if ever:
+                    self.reconnects += 1
+                    log.warning("redis pub/sub reconnected; re-syncing rooms from postgresql")
+                    if self.on_reconnect is not None:
+                        self.resync = asyncio.ensure_future(self.on_reconnect())
+                ever = True
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None:
+                        self._handle(msg)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                if self.connected:
+                    log.warning("redis pub/sub link lost", extra={"error": type(exc).__name__})
+                self.connected = False
+                self.pubsub = None
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 2.0)
+            finally:
+                self.connected = False
+                self.pubsub = None
+                try:
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await client.aclose()
+                except (RedisError, OSError):
+                    pass
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "message":
+            if self.on_message is not None:
+                try:
+                    self.on_message(_text(msg["channel"]), msg["data"])
+                except Exception:
+                    # A bad frame from another process must not take the link down.
+                    log.exception("broker frame not handled")
+        elif kind == "subscribe":
+            self._confirm(_text(msg["channel"]))
+
+    def _confirm(self, channel: str) -> None:
+        for future in self.waiting.pop(channel, []):
+            if not future.done():
+                future.set_result(None)
+
+    async def subscribe(self, channel: str) -> None:
+        self.channels.add(channel)
+        pubsub = self.pubsub
+        if pubsub is None:
+            return  # the reconnect loop subscribes it; the node re-syncs after that
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(channel, []).append(future)
+        try:
+            await pubsub.subscribe(channel)
+            await asyncio.wait_for(asyncio.shield(future), 2)
+        except (RedisError, OSError, TimeoutError):
+            log.warning("redis subscribe not confirmed", extra={"channel": channel})
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.channels.discard(channel)
+        self.waiting.pop(channel, None)
+        pubsub = self.pubsub
+        if pubsub is not None:
+            try:
+                await pubsub.unsubscribe(channel)
+            except (RedisError, OSError):
+                pass  # the link is down; the reconnect subscribes only what is wanted
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        await self.redis.publish(channel, payload)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.redis.ping(), 2)) and self.connected
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    # -- presence -------------------------------------------------------------
+
+    def _member(self, entry: PresenceEntry) -> str:
+        return f"{self.origin}|{entry.user.id}|{entry.user_json}"
+
+    async def presence_add(self, entry: PresenceEntry, ttl: float) -> tuple[bool, list[User]]:
+        joined, left = await self._add(
+            keys=_keys(entry.room),
+            args=[self._member(entry), entry.user.id, int(ttl * 1000)],
+        )
+        return bool(joined), [_user_decoder.decode(j) for j in left]
+
+    async def presence_remove(self, entry: PresenceEntry) -> bool:
+        return bool(
+            await self._remove(keys=_keys(entry.room), args=[self._member(entry), entry.user.id])
+        )
+
+    async def presence_sweep(self, room: int) -> list[User]:
+        left = await self._sweep(keys=_keys(room), args=[])
+        return [_user_decoder.decode(j) for j in left]
+
+    async def presence_list(self, room: int) -> list[User]:
+        members = await self._list(keys=_keys(room)[:1], args=[])
+        users: dict[int, User] = {}
+        for member in members:
+            _, _, json = _text(member).split("|", 2)
+            user = _user_decoder.decode(json)
+            users[user.id] = user
+        return [users[uid] for uid in sorted(users)]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

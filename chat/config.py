@@ -1,0 +1,255 @@
+"""Every setting of the server, read once from the environment or a `.env` file.
+
+`Settings.from_env()` is the only place that looks at `os.environ`. A value that
+does not parse fails at start-up with a `ConfigError` naming the setting, so a
+typo in a deployment is found before the first client connects, not later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+ENVIRONMENTS = ("development", "staging", "production")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Parse a `.env` file: `NAME=value` lines, `#` comments, optional quotes."""
+    values: dict[str, str] = {}
+    p = Path(path)
+    if not p.is_file():
+        return values
+    for number, raw in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ConfigError(f"{p}:{number}: expected NAME=value, got {raw!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[name.strip()] = value
+    return values
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        parts = urlsplit(text)
+        if parts.scheme not in schemes:
+            raise ValueError(
+                f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+            )
+        return text
+
+    return parse
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    origins = []
+    for item in text.split(","):
+        origin = item.strip().rstrip("/")
+        if not origin:
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise ValueError(f"{origin!r} is not an origin like https://chat.example.com")
+        origins.append(origin.lower())
+    return tuple(origins)
+
+
+def _environment(text: str) -> str:
+    if text not in ENVIRONMENTS:
+        raise ValueError(f"must be one of {', '.join(ENVIRONMENTS)}")
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """The server's configuration; each field's environment variable is its upper-cased name."""
+
+    # Where the server runs and what backs it.
+    chat_env: str = "development"
+    database_url: str | None = None
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    allowed_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    log_format: str = "json"
+    # PostgreSQL pool.
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    db_command_timeout: float = 5.0
+    db_connect_timeout: float = 2.0
+    # Request and frame limits.
+    max_http_body_bytes: int = 65536
+    max_frame_bytes: int = 65536
+    hello_timeout: float = 10.0
+    heartbeat: float = 20.0
+    ws_compression: bool = False
+    send_rate: float = 20.0
+    send_burst: int = 50
+    rate_limit_close_after: int = 100
+    typing_rate: float = 1.0
+    replay_limit: int = 1000
+    outbound_queue_frames: int = 2000
+    outbound_queue_bytes: int = 4 * 1024 * 1024
+    max_rooms_per_connection: int = 500
+    max_connections_per_user: int = 50
+    # Fan-out and recovery.
+    gap_grace: float = 0.05
+    reconcile_interval: float = 3.0
+    presence_ttl: float = 30.0
+    # Sessions and passwords.
+    session_idle_days: float = 30.0
+    argon2_memory_kib: int = 19456
+    argon2_time_cost: int = 2
+    # Shutdown.
+    graceful_shutdown: float = 10.0
+    limit_concurrency: int = 10000
+    # Group commit: concurrent sends gathered for at most this long into one statement.
+    group_commit_window: float = 0.001
+
+    @property
+    def production(self) -> bool:
+        return self.chat_env == "production"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | None = ".env"
+    ) -> Settings:
+        """Read every setting; the process environment wins over the `.env` file."""
+        values: dict[str, str] = dict(read_env_file(env_file)) if env_file else {}
+        values.update(os.environ if environ is None else environ)
+        kwargs: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = field.name.upper()
+            raw = values.get(name)
+            if raw is None or (raw == "" and field.default is None):
+                continue
+            parser = _PARSERS[field.name]
+            try:
+                kwargs[field.name] = parser(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
+        settings = cls(**kwargs)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse combinations that cannot work, and unsafe defaults in production."""
+        if self.db_pool_min > self.db_pool_max:
+            raise ConfigError("DB_POOL_MIN must not exceed DB_POOL_MAX")
+        if self.production:
+            if not self.database_url:
+                raise ConfigError(
+                    "CHAT_ENV=production needs DATABASE_URL: "
+                    "the embedded PostgreSQL is for development"
+                )
+            if not self.redis_url:
+                raise ConfigError(
+                    "CHAT_ENV=production needs REDIS_URL: "
+                    "the in-process broker serves one process only"
+                )
+            if self.argon2_memory_kib < 19456 or self.argon2_time_cost < 2:
+                raise ConfigError(
+                    "CHAT_ENV=production needs ARGON2_MEMORY_KIB>=19456 and ARGON2_TIME_COST>=2"
+                )
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+def _log_format(text: str) -> str:
+    if text not in ("json", "text"):
+        raise ValueError("must be json or text")
+    return text
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "chat_env": _environment,
+    "database_url": _url("postgres", "postgresql"),
+    "redis_url": _url("redis", "rediss", "unix"),
+    "host": _identity,
+    "port": _int(0, 65535),
+    "allowed_origins": _origins,
+    "log_level": _log_level,
+    "log_format": _log_format,
+    "db_pool_min": _int(1, 1000),
+    "db_pool_max": _int(1, 1000),
+    "db_command_timeout": _float(0.1, 600),
+    "db_connect_timeout": _float(0.1, 600),
+    "max_http_body_bytes": _int(1024, 64 * 1024 * 1024),
+    "max_frame_bytes": _int(1024, 64 * 1024 * 1024),
+    "hello_timeout": _float(0.1, 600),
+    "heartbeat": _float(1, 3600),
+    "ws_compression": _bool,
+    "send_rate": _float(0.1, 100000),
+    "send_burst": _int(1, 1000000),
+    "rate_limit_close_after": _int(1, 1000000),
+    "typing_rate": _float(0.01, 1000),
+    "replay_limit": _int(1, 100000),
+    "outbound_queue_frames": _int(16, 10000000),
+    "outbound_queue_bytes": _int(65536, 1 << 34),
+    "max_rooms_per_connection": _int(1, 100000),
+    "max_connections_per_user": _int(1, 100000),
+    "gap_grace": _float(0, 10),
+    "reconcile_interval": _float(0.05, 3600),
+    "presence_ttl": _float(1, 3600),
+    "session_idle_days": _float(0.0001, 36500),
+    "argon2_memory_kib": _int(8, 4 * 1024 * 1024),
+    "argon2_time_cost": _int(1, 100),
+    "graceful_shutdown": _float(0, 3600),
+    "limit_concurrency": _int(1, 10000000),
+    "group_commit_window": _float(0, 1),
+}

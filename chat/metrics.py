@@ -1,0 +1,41 @@
+"""Prometheus metrics of this process, served at `/metrics` in the text format."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+CONNECTIONS = Gauge("chat_connections", "Open WebSocket connections", registry=REGISTRY)
+ROOMS = Gauge(
+    "chat_rooms_local", "Rooms joined by at least one local connection", registry=REGISTRY
+)
+FRAMES_IN = Counter(
+    "chat_frames_in", "Client frames received, by type", ["type"], registry=REGISTRY
+)
+MESSAGES_STORED = Counter(
+    "chat_messages_stored", "Messages stored by this process", registry=REGISTRY
+)
+DELIVERIES = Counter(
+    "chat_message_frames_queued", "Message frames queued to local connections", registry=REGISTRY
+)
+GAP_FILLS = Counter("chat_gap_fills", "Room gaps filled from PostgreSQL", registry=REGISTRY)
+CATCH_UPS = Counter("chat_catch_ups", "Connections caught up from PostgreSQL", registry=REGISTRY)
+BROKER_RECONNECTS = Counter("chat_broker_reconnects", "Broker link reconnects", registry=REGISTRY)
+BROKER_ERRORS = Counter("chat_broker_errors", "Broker commands that failed", registry=REGISTRY)
+CLOSES = Counter(
+    "chat_closes", "Connections closed by the server, by close code", ["code"], registry=REGISTRY
+)
+ERRORS = Counter("chat_errors", "Error replies, by code", ["code"], registry=REGISTRY)
+HTTP_REQUESTS = Counter(
+    "chat_http_requests",
+    "HTTP requests, by route and status",
+    ["route", "status"],
+    registry=REGISTRY,
+)
+SEND_LATENCY = Histogram(
+    "chat_send_seconds",
+    "Time from a send frame to its durable ok",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)

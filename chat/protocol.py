@@ -1,0 +1,390 @@
+"""The wire format: msgspec types for every frame and HTTP body, and their codecs.
+
+No I/O here and nothing else of `chat` is imported, so the whole protocol can be
+tested with plain bytes. Client frames are one tagged union decoded by one
+`Decoder`; a frame that does not decode raises `FrameError` naming the field.
+New fields get defaults, so older clients keep working.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+# Ids are integers on the wire; a client may echo them back as digit strings.
+Id = Annotated[int, Meta(ge=1, le=2**63 - 1)] | Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,18}$")]
+Ref = Annotated[int, Meta(ge=-(2**53), le=2**53)] | Annotated[str, Meta(max_length=128)] | None
+Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+ClientId = Annotated[str, Meta(min_length=1, max_length=64)]
+Username = Annotated[str, Meta(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.\-]+$")]
+Password = Annotated[str, Meta(min_length=8, max_length=256)]
+# Bodies are checked further by `check_body` (code points, white space, NUL).
+Body = Annotated[str, Meta(min_length=1, max_length=4000)]
+RoomName = Annotated[str, Meta(min_length=1, max_length=100)]
+
+MAX_BODY_CHARS = 4000
+
+
+class FrameError(Exception):
+    """A frame or body that does not decode; the message names the field."""
+
+
+# ---------------------------------------------------------------------------
+# Shared value types
+
+
+class User(Struct, frozen=True):
+    id: int
+    username: str
+    bot: bool = False
+
+
+class Message(Struct):
+    id: int
+    room: int
+    seq: int
+    sender: User
+    body: str | None
+    client_id: str | None
+    ts: str
+    edited_at: str | None = None
+    deleted: bool = False
+
+
+class Room(Struct):
+    id: int
+    name: str
+    private: bool
+    created_by: User
+
+
+class RoomSummary(Struct):
+    id: int
+    name: str
+    private: bool
+    created_by: User
+    last_seq: int
+    unread: int
+
+
+def iso(ts: dt.datetime) -> str:
+    """`2026-11-26T10:00:00.123Z`: ISO 8601 in UTC with milliseconds."""
+    ts = ts.astimezone(dt.UTC)
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def check_body(body: str, name: str = "body") -> str:
+    """Enforce the contract's body rules beyond the length bound msgspec checks."""
+    if len(body) > MAX_BODY_CHARS:
+        raise FrameError(f"`{name}` must be at most {MAX_BODY_CHARS} characters")
+    if not body or body.isspace():
+        raise FrameError(f"`{name}` must not be empty or only white space")
+    if "\x00" in body:
+        raise FrameError(f"`{name}` must not contain a NUL character")
+    try:
+        body.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FrameError(f"`{name}` must not contain a lone surrogate") from None
+    return body
+
+
+def as_id(value: int | str) -> int:
+    return value if isinstance(value, int) else int(value)
+
+
+# ---------------------------------------------------------------------------
+# Client frames (WebSocket)
+
+
+class Hello(Struct, tag="hello", tag_field="type"):
+    token: Annotated[str, Meta(max_length=512)]
+
+
+class Join(Struct, tag="join", tag_field="type"):
+    room: Id
+    ref: Ref = None
+    since: Seq | None = None
+
+
+class Leave(Struct, tag="leave", tag_field="type"):
+    room: Id
+    ref: Ref = None
+
+
+class Send(Struct, tag="send", tag_field="type"):
+    room: Id
+    body: Body
+    ref: Ref = None
+    client_id: ClientId | None = None
+
+
+class Edit(Struct, tag="edit", tag_field="type"):
+    room: Id
+    id: Id
+    body: Body
+    ref: Ref = None
+
+
+class Delete(Struct, tag="delete", tag_field="type"):
+    room: Id
+    id: Id
+    ref: Ref = None
+
+
+class Typing(Struct, tag="typing", tag_field="type"):
+    room: Id
+    ref: Ref = None
+
+
+class Read(Struct, tag="read", tag_field="type"):
+    room: Id
+    seq: Seq
+    ref: Ref = None
+
+
+class Ping(Struct, tag="ping", tag_field="type"):
+    ref: Ref = None
+
+
+ClientFrame = Hello | Join | Leave | Send | Edit | Delete | Typing | Read | Ping
+
+_CLIENT_TYPES = ("hello", "join", "leave", "send", "edit", "delete", "typing", "read", "ping")
+
+
+class _Envelope(Struct):
+    """Just enough of a frame to answer it: its type and ref."""
+
+    type: Any = None
+    ref: Any = None
+
+
+_frame_decoder = msgspec.json.Decoder(ClientFrame)
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def peek_ref(data: str | bytes) -> int | str | None:
+    """The `ref` of a frame that failed to decode, when it has a usable one."""
+    try:
+        ref = _envelope_decoder.decode(data).ref
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    if isinstance(ref, bool):
+        return None
+    if isinstance(ref, int) and abs(ref) <= 2**53:
+        return ref
+    if isinstance(ref, str) and len(ref) <= 128:
+        return ref
+    return None
+
+
+def decode_frame(data: str | bytes) -> ClientFrame:
+    """Decode one client frame, or raise `FrameError` saying what is wrong."""
+    try:
+        frame: ClientFrame = _frame_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise FrameError(_explain(str(exc), data)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        raise FrameError("the frame is not a JSON object") from None
+    if isinstance(frame, Send | Edit):
+        check_body(frame.body)
+    return frame
+
+
+def _explain(message: str, data: str | bytes) -> str:
+    # msgspec says "Expected `object`, got `array`" or "Invalid value 'x' - at `$.type`";
+    # name the missing or unknown type plainly, keep the field path for the rest.
+    if "`$.type`" in message or "Object missing required field `type`" in message:
+        try:
+            kind = _envelope_decoder.decode(data).type
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            kind = None
+        if kind is None:
+            return "the frame has no `type`"
+        return f"unknown frame type {kind!r}; expected one of {', '.join(_CLIENT_TYPES)}"
+    field = message.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in message else None
+    if field and "matching regex '^[1-9]" in message:
+        return f"`{field}` must be an id (a positive integer)"
+    return message.replace("`$.", "`").replace("`$`", "the frame")
+
+
+# ---------------------------------------------------------------------------
+# Server frames (WebSocket)
+
+
+class Welcome(Struct, tag="welcome", tag_field="type"):
+    user: User
+    heartbeat: float
+
+
+class OkJoin(Struct, tag="ok", tag_field="type"):
+    ref: Ref
+    room: int
+    seq: int
+    truncated: bool = False
+
+
+class OkMessage(Struct, tag="ok", tag_field="type"):
+    ref: Ref
+    message: Message
+
+
+class Ok(Struct, tag="ok", tag_field="type"):
+    ref: Ref
+
+
+class Pong(Struct, tag="pong", tag_field="type"):
+    ref: Ref
+
+
+class ErrorFrame(Struct, tag="error", tag_field="type"):
+    ref: Ref
+    code: str
+    message: str
+
+
+class MessageFrame(Struct, tag="message", tag_field="type"):
+    room: int
+    message: Message
+
+
+class EditedFrame(Struct, tag="edited", tag_field="type"):
+    room: int
+    message: Message
+
+
+class DeletedFrame(Struct, tag="deleted", tag_field="type"):
+    room: int
+    id: int
+    seq: int
+
+
+class TypingFrame(Struct, tag="typing", tag_field="type"):
+    room: int
+    user: User
+
+
+class PresenceFrame(Struct, tag="presence", tag_field="type"):
+    room: int
+    online: list[User]
+
+
+class PresenceDiffFrame(Struct, tag="presence_diff", tag_field="type"):
+    room: int
+    joins: list[User] = field(default_factory=list)
+    leaves: list[User] = field(default_factory=list)
+
+
+class RemovedFrame(Struct, tag="removed", tag_field="type"):
+    """Sent when the connection's user was removed from a room it had joined."""
+
+    room: int
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def encode_text(obj: Any) -> str:
+    """Encode a frame once as the text that every recipient is sent."""
+    return _encoder.encode(obj).decode()
+
+
+# ---------------------------------------------------------------------------
+# HTTP bodies
+
+
+class SignUp(Struct):
+    username: Username
+    password: Password
+
+
+class LogIn(Struct):
+    # Log-in checks no format, so that a wrong guess costs the same as a right one.
+    username: Annotated[str, Meta(max_length=256)]
+    password: Annotated[str, Meta(max_length=256)]
+
+
+class NewBot(Struct):
+    username: Username
+
+
+class NewRoom(Struct):
+    name: RoomName
+    private: bool = False
+
+
+class AddMember(Struct):
+    username: Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class NewDm(Struct):
+    username: Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class NewMessage(Struct):
+    body: Body
+    client_id: ClientId | None = None
+
+
+class UserOut(Struct):
+    user: User
+
+
+class SessionOut(Struct):
+    token: str
+    user: User
+
+
+class RoomOut(Struct):
+    room: Room
+
+
+class RoomsOut(Struct):
+    rooms: list[RoomSummary]
+
+
+class MessageOut(Struct):
+    message: Message
+
+
+class MessagesOut(Struct):
+    messages: list[Message]
+
+
+class PresenceOut(Struct):
+    online: list[User]
+
+
+class ErrorBody(Struct):
+    code: str
+    message: str
+
+
+class ErrorOut(Struct):
+    error: ErrorBody
+
+
+def decode_body(data: bytes, type_: type[Any]) -> Any:
+    """Decode an HTTP body into `type_`; `FrameError` names the field at fault."""
+    try:
+        value = msgspec.json.decode(data, type=type_)
+    except msgspec.ValidationError as exc:
+        raise FrameError(str(exc).replace("`$.", "`").replace("`$`", "the body")) from None
+    if isinstance(value, NewMessage):
+        check_body(value.body)
+    return value
+
+
+def is_json(data: bytes) -> bool:
+    """Whether `data` parses as JSON at all (400 if not, 422 if it has the wrong shape)."""
+    try:
+        msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return False
+    return True

@@ -1,0 +1,62 @@
+"""The project's hand-written SQL, found on disk and loaded once.
+
+`sql/queries/*.sql` hold named queries (`-- name: insert_message`) and
+`sql/migrations/NNNN_name.sql` the schema, applied in order by `migrate.py`.
+`QUERIES[name]` is read at import time by `store.py`, so a misspelt name fails
+when the server starts, not when a request first needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+
+def sql_dir() -> Path:
+    """`sql/` beside the package (a checkout or an editable install), or $CHAT_SQL_DIR."""
+    configured = os.environ.get("CHAT_SQL_DIR")
+    path = Path(configured) if configured else Path(__file__).resolve().parent.parent / "sql"
+    if not (path / "migrations").is_dir():
+        raise RuntimeError(f"no SQL folder at {path}: set CHAT_SQL_DIR to the project's sql/")
+    return path
+
+
+def parse_queries(text: str, origin: str = "<text>") -> dict[str, str]:
+    """Split a file of `-- name: x` blocks into {name: sql}."""
+    parts = _NAME.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise RuntimeError(f"{origin}: query {name!r} is defined twice")
+        queries[name] = body.strip().rstrip(";").strip()
+    return queries
+
+
+def load_queries(folder: Path | None = None) -> dict[str, str]:
+    queries: dict[str, str] = {}
+    for path in sorted((folder or sql_dir() / "queries").glob("*.sql")):
+        for name, text in parse_queries(path.read_text(encoding="utf-8"), str(path)).items():
+            if name in queries:
+                raise RuntimeError(f"{path}: query {name!r} is defined in two files")
+            queries[name] = text
+    return queries
+
+
+def migrations(folder: Path | None = None) -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration, in order; numbering must have no gaps."""
+    found = []
+    for path in sorted((folder or sql_dir() / "migrations").glob("*.sql")):
+        match = re.fullmatch(r"(\d{4})_([a-z0-9_]+)\.sql", path.name)
+        if not match:
+            raise RuntimeError(f"{path.name}: migrations are named NNNN_name.sql")
+        found.append((int(match[1]), match[2], path.read_text(encoding="utf-8")))
+    for expected, (version, name, _) in enumerate(found, 1):
+        if version != expected:
+            raise RuntimeError(f"migration {version:04d}_{name} breaks the sequence at {expected}")
+    return found
+
+
+QUERIES = load_queries()

@@ -1,0 +1,72 @@
+-- Messages. The per-room seq comes from the room row, updated in the same statement
+-- as the insert: gapless, and the row lock makes writers wait only within one room.
+
+-- name: insert_message
+-- Stores nothing for a non-member. A duplicate client_id fails the whole statement
+-- (a unique violation), so the seq taken for it is given back with the rollback.
+WITH allowed AS (
+    SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2
+), bumped AS (
+    UPDATE rooms SET last_seq = last_seq + 1
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM allowed)
+    RETURNING last_seq
+)
+INSERT INTO messages (room_id, seq, sender_id, body, client_id)
+SELECT $1, last_seq, $2, $3, $4 FROM bumped
+RETURNING id, seq, created_at;
+
+-- name: message_by_client_id
+SELECT m.id, m.room_id, m.seq, m.body, m.client_id, m.created_at, m.edited_at, m.deleted,
+       u.id AS sender_id, u.username AS sender_username, u.bot AS sender_bot
+FROM messages m JOIN users u ON u.id = m.sender_id
+WHERE m.room_id = $1 AND m.sender_id = $2 AND m.client_id = $3;
+
+-- name: messages_after
+-- The oldest messages above a seq, ascending: replay and `after=` pagination.
+SELECT m.id, m.room_id, m.seq, m.body, m.client_id, m.created_at, m.edited_at, m.deleted,
+       u.id AS sender_id, u.username AS sender_username, u.bot AS sender_bot
+FROM messages m JOIN users u ON u.id = m.sender_id
+WHERE m.room_id = $1 AND m.seq > $2
+ORDER BY m.seq
+LIMIT $3;
+
+-- name: messages_before
+-- The newest messages below a seq, descending (the caller reverses them).
+SELECT m.id, m.room_id, m.seq, m.body, m.client_id, m.created_at, m.edited_at, m.deleted,
+       u.id AS sender_id, u.username AS sender_username, u.bot AS sender_bot
+FROM messages m JOIN users u ON u.id = m.sender_id
+WHERE m.room_id = $1 AND m.seq < $2
+ORDER BY m.seq DESC
+LIMIT $3;
+
+-- name: edit_message
+-- Only the sender edits, and never a tombstone.
+WITH target AS (
+    SELECT id, sender_id, deleted FROM messages WHERE id = $2 AND room_id = $1
+), updated AS (
+    UPDATE messages m SET body = $4, edited_at = now()
+    FROM target t
+    WHERE m.id = t.id AND t.sender_id = $3 AND NOT t.deleted
+    RETURNING m.id, m.room_id, m.seq, m.body, m.client_id, m.created_at, m.edited_at, m.deleted, m.sender_id
+)
+SELECT t.sender_id AS owner_id, t.deleted AS was_deleted,
+       up.id, up.room_id, up.seq, up.body, up.client_id, up.created_at, up.edited_at, up.deleted,
+       u.id AS sender_id, u.username AS sender_username, u.bot AS sender_bot
+FROM target t
+LEFT JOIN updated up ON true
+LEFT JOIN users u ON u.id = up.sender_id;
+
+-- name: delete_message
+-- The sender or the room's creator deletes; the row stays as a tombstone with its seq.
+WITH target AS (
+    SELECT m.id, m.seq, m.sender_id, r.created_by
+    FROM messages m JOIN rooms r ON r.id = m.room_id
+    WHERE m.id = $2 AND m.room_id = $1
+), updated AS (
+    UPDATE messages m SET body = NULL, deleted = true
+    FROM target t
+    WHERE m.id = t.id AND $3 IN (t.sender_id, t.created_by)
+    RETURNING m.id
+)
+SELECT t.seq, (SELECT count(*) FROM updated) AS deleted
+FROM target t;
