@@ -120,6 +120,8 @@ class Settings:
     chat_env: str = "development"
     database_url: str | None = None
     redis_url: str | None = None
+    # Prefix of every Redis key and channel, so several services can share one Redis.
+    redis_prefix: str = "chat"
     host: str = "127.0.0.1"
     port: int = 8000
     allowed_origins: tuple[str, ...] = ()
@@ -206,6 +208,12 @@ class Settings:
                 )
 
 
+def _prefix(text: str) -> str:
+    if not text or len(text) > 64 or not all(c.isalnum() or c in "_-." for c in text):
+        raise ValueError("must be 1-64 letters, digits, '_', '-' or '.'")
+    return text
+
+
 def _identity(text: str) -> str:
     return text
 
@@ -220,6 +228,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "chat_env": _environment,
     "database_url": _url("postgres", "postgresql"),
     "redis_url": _url("redis", "rediss", "unix"),
+    "redis_prefix": _prefix,
     "host": _identity,
     "port": _int(0, 65535),
     "allowed_origins": _origins,

@@ -61,16 +61,11 @@ from .store import Store
 
 log = logging.getLogger("chat.node")
 
-CONTROL = "chat:control"
 # Frames held ahead of a gap before the process gives up on the room and closes
 # its connections with 1012 (they resume with `since`).
 PENDING_LIMIT = 10000
 # Rows read per round when filling a gap or replaying to a connection.
 FILL_BATCH = 500
-
-
-def room_channel(room: int) -> str:
-    return f"chat:room:{room}"
 
 
 class TokenBucket:
@@ -115,6 +110,9 @@ class Node:
         # This process's id in broker payloads and presence entries.
         self.origin = origin
         self._origin_b = origin.encode()
+        # Channel names start with the configured prefix, so services can share a Redis.
+        self.prefix = settings.redis_prefix
+        self.control = f"{settings.redis_prefix}:control"
         self.accounts = Accounts(store, settings)
         self.hub = Hub()
         # Per-connection rate limits, by connection id.
@@ -128,7 +126,7 @@ class Node:
 
     async def start(self) -> None:
         await self.broker.connect(self._on_broker, self._resync_all)
-        await self.broker.subscribe(CONTROL)
+        await self.broker.subscribe(self.control)
         self._spawn(self._reconcile_loop(), "reconcile")
         self._spawn(self._presence_loop(), "presence")
 
@@ -145,6 +143,9 @@ class Node:
             except Exception:
                 break
         await self.broker.disconnect()
+
+    def _channel(self, room: int) -> str:
+        return f"{self.prefix}:room:{room}"
 
     def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -278,7 +279,7 @@ class Node:
             metrics.ROOMS.set(len(self.hub.rooms))
             state.joining += 1
             try:
-                await self.broker.subscribe(room_channel(room))
+                await self.broker.subscribe(self._channel(room))
             finally:
                 state.subscribed.set()
         else:
@@ -294,7 +295,7 @@ class Node:
         if state.filler is not None:
             state.filler.cancel()
         try:
-            await self.broker.unsubscribe(room_channel(state.id))
+            await self.broker.unsubscribe(self._channel(state.id))
         except Exception:
             metrics.BROKER_ERRORS.inc()
 
@@ -364,7 +365,7 @@ class Node:
             metrics.MESSAGES_STORED.inc()
             text = encode_text(MessageFrame(room=room, message=message))
             self._on_message(room, message.seq, text)
-            await self._publish(room_channel(room), b"M", message.seq, b"", text)
+            await self._publish(self._channel(room), b"M", message.seq, b"", text)
         return message
 
     async def edit(self, user: User, room: int, message_id: int, body: str) -> Message:
@@ -396,7 +397,7 @@ class Node:
         state = self.hub.rooms.get(room)
         if state is not None:
             self.hub.broadcast(state, text, exclude=conn.id, ephemeral=True)
-        self._spawn(self._publish(room_channel(room), b"E", 0, b"", text), "publish")
+        self._spawn(self._publish(self._channel(room), b"E", 0, b"", text), "publish")
 
     async def _check_access(self, room: int, user: int) -> None:
         access = await self.store.access(room, user)
@@ -410,7 +411,7 @@ class Node:
         state = self.hub.rooms.get(room)
         if state is not None:
             self.hub.broadcast(state, text, exclude=exclude, ephemeral=False)
-        await self._publish(room_channel(room), b"F", 0, b"", text)
+        await self._publish(self._channel(room), b"F", 0, b"", text)
 
     async def _publish(self, channel: str, kind: bytes, seq: int, arg: bytes, text: str) -> None:
         payload = b"|".join((kind, self._origin_b, str(seq).encode(), arg, text.encode()))
@@ -426,7 +427,7 @@ class Node:
         kind, origin, seq, arg, frame = payload.split(b"|", 4)
         if origin == self._origin_b:
             return  # this process already delivered it locally
-        if channel == CONTROL:
+        if channel == self.control:
             if kind == b"K":
                 self._close_token(bytes.fromhex(arg.decode()))
             return
@@ -576,7 +577,7 @@ class Node:
         state = self.hub.rooms.get(room)
         if state is not None:
             self.hub.broadcast(state, text, exclude=exclude, ephemeral=True)
-        await self._publish(room_channel(room), b"P", 0, b"", text)
+        await self._publish(self._channel(room), b"P", 0, b"", text)
 
     async def _presence_list(self, room: int) -> list[User]:
         try:
@@ -631,7 +632,7 @@ class Node:
     async def log_out(self, token_hash: bytes) -> None:
         await self.accounts.log_out(token_hash)
         self._close_token(token_hash)
-        await self._publish(CONTROL, b"K", 0, token_hash.hex().encode(), "")
+        await self._publish(self.control, b"K", 0, token_hash.hex().encode(), "")
 
     async def create_room(self, user: User, name: str, private: bool) -> Room:
         return await self.store.create_room(name, private, user.id)
@@ -671,7 +672,7 @@ class Node:
         if not await self.store.remove_member(room, target.id):
             raise not_found(f"{target.username} is not a member of this room")
         self._kick(room, target.id)
-        await self._publish(room_channel(room), b"R", 0, str(target.id).encode(), "")
+        await self._publish(self._channel(room), b"R", 0, str(target.id).encode(), "")
 
     async def dm(self, user: User, username: str) -> Room:
         other = await self.store.user_by_username(username)

@@ -82,19 +82,16 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 _user_decoder = msgspec.json.Decoder(User)
 
 
-def _keys(room: int) -> list[str]:
-    tag = f"chat:presence:{{{room}}}"
-    return [tag, tag + ":n"]
-
-
 class RedisBroker(Broker):
     """Pub/sub and presence through one Redis server (or cluster)."""
 
-    def __init__(self, url: str, origin: str) -> None:
+    def __init__(self, url: str, origin: str, prefix: str = "chat") -> None:
         # The REDIS_URL; never logged, it may hold a password.
         self.url = url
         # This process's id: part of presence members and of its own channel.
         self.origin = origin
+        # Start of every key and channel name.
+        self.prefix = prefix
         # Commands (publish, scripts) on a small pool that retries briefly.
         self.redis = aioredis.Redis.from_url(
             url,
@@ -103,7 +100,7 @@ class RedisBroker(Broker):
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
         )
         # Every channel this process wants, whether or not the link is up now.
-        self.channels: set[str] = {f"chat:process:{origin}"}
+        self.channels: set[str] = {f"{prefix}:process:{origin}"}
         # Channel -> futures of subscribe() calls waiting for Redis to confirm.
         self.waiting: dict[str, list[asyncio.Future[None]]] = {}
         self.connected = False
@@ -252,27 +249,33 @@ class RedisBroker(Broker):
 
     # -- presence -------------------------------------------------------------
 
+    def _keys(self, room: int) -> list[str]:
+        tag = f"{self.prefix}:presence:{{{room}}}"
+        return [tag, tag + ":n"]
+
     def _member(self, entry: PresenceEntry) -> str:
         return f"{self.origin}|{entry.user.id}|{entry.user_json}"
 
     async def presence_add(self, entry: PresenceEntry, ttl: float) -> tuple[bool, list[User]]:
         joined, left = await self._add(
-            keys=_keys(entry.room),
+            keys=self._keys(entry.room),
             args=[self._member(entry), entry.user.id, int(ttl * 1000)],
         )
         return bool(joined), [_user_decoder.decode(j) for j in left]
 
     async def presence_remove(self, entry: PresenceEntry) -> bool:
         return bool(
-            await self._remove(keys=_keys(entry.room), args=[self._member(entry), entry.user.id])
+            await self._remove(
+                keys=self._keys(entry.room), args=[self._member(entry), entry.user.id]
+            )
         )
 
     async def presence_sweep(self, room: int) -> list[User]:
-        left = await self._sweep(keys=_keys(room), args=[])
+        left = await self._sweep(keys=self._keys(room), args=[])
         return [_user_decoder.decode(j) for j in left]
 
     async def presence_list(self, room: int) -> list[User]:
-        members = await self._list(keys=_keys(room)[:1], args=[])
+        members = await self._list(keys=self._keys(room)[:1], args=[])
         users: dict[int, User] = {}
         for member in members:
             _, _, json = _text(member).split("|", 2)

@@ -1,0 +1,105 @@
+"""Fixtures: the run's own PostgreSQL database and Redis prefix, and server processes.
+
+PostgreSQL and Redis are real: `DATABASE_URL` and `REDIS_URL` (or the local
+defaults) name servers that `make test` made sure answer. Each run creates a
+database of its own and drops it at the end, and uses a Redis prefix of its
+own, so runs never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from .support import Api, ServerProcess
+
+ADMIN_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+RUN = secrets.token_hex(4)
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    """A fresh, empty database for this run, dropped afterwards."""
+    name = f"chat_test_{RUN}"
+    admin = await asyncpg.connect(ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(ADMIN_URL, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def redis_prefix() -> str:
+    return f"chattest{RUN}"
+
+
+@pytest.fixture(scope="session")
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def server_env(database_url: str, redis_prefix: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": REDIS_URL,
+        "REDIS_PREFIX": redis_prefix,
+        "CHAT_ENV": "development",
+        "RECONCILE_INTERVAL": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+async def servers(server_env: dict[str, str]) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
+    """Two processes of one service: same PostgreSQL, same Redis."""
+    a = ServerProcess(server_env, "a")
+    b = ServerProcess(server_env, "b")
+    try:
+        await a.start()
+        await b.start()
+        yield a, b
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+@pytest.fixture(scope="session")
+def server(servers: tuple[ServerProcess, ServerProcess]) -> ServerProcess:
+    return servers[0]
+
+
+@pytest.fixture
+async def alice(server: ServerProcess) -> AsyncIterator[Api]:
+    api = await Api.new_user(server.url, "alice")
+    yield api
+    await api.close()
+
+
+@pytest.fixture
+async def bob(server: ServerProcess) -> AsyncIterator[Api]:
+    api = await Api.new_user(server.url, "bob")
+    yield api
+    await api.close()
+
+
+@pytest.fixture
+async def anon(server: ServerProcess) -> AsyncIterator[Api]:
+    api = Api(server.url)
+    yield api
+    await api.close()

@@ -1,0 +1,321 @@
+"""Test helpers: server processes started as the Procfile starts them, and small clients.
+
+Each `ServerProcess` is `python -m chat serve` on a free loopback port with the
+run's own database and Redis prefix; it is ready when its log says so. `Api`
+and `Ws` are thin clients that make each test's users and rooms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+PASSWORD = "correct horse battery"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """One server process, the way the Procfile's `web:` line starts it."""
+
+    def __init__(self, env: Mapping[str, str], name: str = "server") -> None:
+        # Settings for the process, on top of this environment.
+        self.env = {**os.environ, "LOG_FORMAT": "text", **env}
+        self.name = name
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        # Every line the process logged, for failure messages and assertions.
+        self.lines: list[str] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._exited = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    async def start(self, timeout: float = 30) -> ServerProcess:
+        self._ready.clear()
+        self._exited.clear()
+        self.proc = await asyncio.to_thread(
+            subprocess.Popen,
+            [
+                sys.executable,
+                "-m",
+                "chat",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self._reader = asyncio.create_task(self._read(self.proc))
+        ready = asyncio.create_task(self._ready.wait())
+        exited = asyncio.create_task(self._exited.wait())
+        done, pending = await asyncio.wait(
+            {ready, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        if ready not in done:
+            await self.kill()
+            raise RuntimeError(f"{self.name} did not start:\n" + "\n".join(self.lines[-40:]))
+        return self
+
+    async def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            line = await loop.run_in_executor(None, proc.stdout.readline)
+            if not line:
+                break
+            text = line.decode(errors="replace").rstrip()
+            self.lines.append(text)
+            if "Application startup complete" in text:
+                self._ready.set()
+        proc.stdout.close()
+        await asyncio.to_thread(proc.wait)
+        self._exited.set()
+
+    async def wait_exit(self, timeout: float = 30) -> int:
+        await asyncio.wait_for(self._exited.wait(), timeout)
+        assert self.proc is not None and self.proc.returncode is not None
+        return self.proc.returncode
+
+    async def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            await self.wait_exit()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await self.wait_exit(20)
+            except TimeoutError:
+                await self.kill()
+        if self._reader is not None:
+            await self._reader
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class Api:
+    """A user's view of the HTTP API."""
+
+    def __init__(self, base_url: str, token: str | None = None, user: dict[str, Any] | None = None):
+        self.base_url = base_url
+        self.token = token
+        self.user = user or {}
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=10)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def request(self, method: str, path: str, expect: int | None = None, **kw: Any) -> Any:
+        r = await self.http.request(method, path, headers=self.headers, **kw)
+        body = (
+            r.json()
+            if r.content and r.headers.get("content-type", "").startswith("application/json")
+            else r.text
+        )
+        if expect is not None and r.status_code != expect:
+            raise ApiError(r.status_code, body)
+        return body
+
+    async def raw(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return await self.http.request(method, path, headers=headers, **kw)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    @classmethod
+    async def new_user(cls, base_url: str, prefix: str = "u") -> Api:
+        name = f"{prefix}{secrets.token_hex(5)}"
+        api = cls(base_url)
+        await api.request("POST", "/api/users", 201, json={"username": name, "password": PASSWORD})
+        body = await api.request(
+            "POST", "/api/sessions", 201, json={"username": name, "password": PASSWORD}
+        )
+        api.token, api.user = body["token"], body["user"]
+        return api
+
+    def on(self, base_url: str) -> Api:
+        """The same user, talking to another process."""
+        return Api(base_url, self.token, self.user)
+
+    @property
+    def username(self) -> str:
+        return str(self.user["username"])
+
+    async def create_room(self, name: str = "room", private: bool = False) -> dict[str, Any]:
+        body = await self.request(
+            "POST", "/api/rooms", 201, json={"name": name, "private": private}
+        )
+        return dict(body["room"])
+
+    async def join(self, room: int) -> None:
+        await self.request("POST", f"/api/rooms/{room}/join", 200)
+
+    async def add(self, room: int, username: str) -> None:
+        await self.request("POST", f"/api/rooms/{room}/members", 200, json={"username": username})
+
+    async def post(self, room: int, body: str, client_id: str | None = None) -> dict[str, Any]:
+        payload: dict[str, Any] = {"body": body}
+        if client_id is not None:
+            payload["client_id"] = client_id
+        out = await self.request("POST", f"/api/rooms/{room}/messages", 201, json=payload)
+        return dict(out["message"])
+
+    async def history(self, room: int, **params: Any) -> list[dict[str, Any]]:
+        out = await self.request("GET", f"/api/rooms/{room}/messages", 200, params=params)
+        return list(out["messages"])
+
+    async def all_messages(self, room: int) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = await self.history(room, after=after, limit=200)
+            if not page:
+                return found
+            found += page
+            after = page[-1]["seq"]
+
+
+class Ws:
+    """A WebSocket client that remembers every frame it received."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.welcome: dict[str, Any] = {}
+        self._ref = 0
+        self._task = asyncio.create_task(self._pump())
+        self.closed = asyncio.Event()
+
+    async def _pump(self) -> None:
+        try:
+            async for raw in self.ws:
+                await self.frames.put(json.loads(raw))
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+
+    @classmethod
+    async def connect(cls, url: str, token: str | None = None, **kw: Any) -> Ws:
+        ws = await websockets.connect(url, open_timeout=10, **kw)
+        client = cls(ws)
+        if token is not None:
+            await client.send({"type": "hello", "token": token})
+            client.welcome = await client.expect("welcome")
+        return client
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        await self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
+
+    def ref(self) -> int:
+        self._ref += 1
+        return self._ref
+
+    async def recv(self, timeout: float = 10) -> dict[str, Any]:
+        return await asyncio.wait_for(self.frames.get(), timeout)
+
+    async def expect(
+        self, type_: str, timeout: float = 10, skip: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """The next frame, which must be of `type_` (frames of types in `skip` are passed over)."""
+        while True:
+            frame = await self.recv(timeout)
+            if frame["type"] in skip:
+                continue
+            assert frame["type"] == type_, f"expected {type_}, got {frame}"
+            return frame
+
+    async def call(self, frame: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+        """Send a frame with a fresh ref; return its reply, keeping other frames for later."""
+        ref = self.ref()
+        await self.send({**frame, "ref": ref})
+        held = []
+        try:
+            while True:
+                reply = await self.recv(timeout)
+                if reply.get("ref") == ref and reply["type"] in ("ok", "error", "pong"):
+                    return reply
+                held.append(reply)
+        finally:
+            # Put back what came meanwhile, in order, ahead of anything newer.
+            rest = []
+            while not self.frames.empty():
+                rest.append(self.frames.get_nowait())
+            for frame_ in held + rest:
+                self.frames.put_nowait(frame_)
+
+    async def join(self, room: int, since: int | None = None) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "join", "room": room}
+        if since is not None:
+            frame["since"] = since
+        ok = await self.call(frame)
+        assert ok["type"] == "ok", ok
+        presence = await self.expect("presence")
+        assert presence["room"] == room
+        return ok
+
+    async def messages(self, room: int, count: int, timeout: float = 15) -> list[dict[str, Any]]:
+        """The next `count` message frames of `room`, skipping other frames."""
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < count:
+            frame = await self.recv(max(0.01, deadline - time.monotonic()))
+            if frame["type"] == "message" and frame["room"] == room:
+                out.append(frame["message"])
+        return out
+
+    async def close_code(self, timeout: float = 10) -> int | None:
+        await asyncio.wait_for(self.closed.wait(), timeout)
+        return self.ws.close_code
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
