@@ -19,7 +19,7 @@ async def test_message_reaches_other_process(
     servers: tuple[ServerProcess, ServerProcess], alice: Api, bob: Api
 ) -> None:
     """A message sent on one process reaches a connection joined on the other."""
-    a, b = servers
+    _, b = servers
     room = await alice.create_room("smoke")
     await bob.join(room["id"])
     ws_b = await Ws.connect(b.ws_url, bob.token)
