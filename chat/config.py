@@ -158,8 +158,10 @@ class Settings:
     # Shutdown.
     graceful_shutdown: float = 10.0
     limit_concurrency: int = 10000
-    # Group commit: concurrent sends gathered for at most this long into one statement.
-    group_commit_window: float = 0.001
+    # Group commit: at most this many insert batches in flight; sends that arrive
+    # meanwhile wait and go together in the next batch (one statement, one commit).
+    write_batches: int = 4
+    write_batch_size: int = 500
 
     @property
     def production(self) -> bool:
@@ -260,5 +262,6 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "argon2_time_cost": _int(1, 100),
     "graceful_shutdown": _float(0, 3600),
     "limit_concurrency": _int(1, 10000000),
-    "group_commit_window": _float(0, 1),
+    "write_batches": _int(1, 64),
+    "write_batch_size": _int(1, 10000),
 }

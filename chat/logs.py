@@ -19,7 +19,7 @@ context: contextvars.ContextVar[str | None] = contextvars.ContextVar("log_contex
 
 _STANDARD = set(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
-    | {"message", "asctime", "taskName"}
+    | {"message", "asctime", "taskName", "color_message"}
 )
 
 

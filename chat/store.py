@@ -49,6 +49,8 @@ Q_MESSAGES_AFTER = QUERIES["messages_after"]
 Q_MESSAGES_BEFORE = QUERIES["messages_before"]
 Q_EDIT_MESSAGE = QUERIES["edit_message"]
 Q_DELETE_MESSAGE = QUERIES["delete_message"]
+Q_LOCK_ROOMS = QUERIES["lock_rooms"]
+Q_INSERT_MESSAGES = QUERIES["insert_messages"]
 
 # Errors that mean "PostgreSQL is not reachable right now", not "the request is wrong".
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -60,6 +62,17 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.InternalClientError,
 )
+
+
+@dataclass(slots=True)
+class _Send:
+    """A send waiting for its batch."""
+
+    room: int
+    sender: User
+    body: str
+    client_id: str | None
+    done: asyncio.Future[tuple[Message, bool] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +120,12 @@ class Store:
         self.pool = pool
         # Idle expiry of user sessions, in seconds.
         self.session_idle_seconds = settings.session_idle_days * 86400
+        # Group commit: sends waiting for a batch, batches in flight, and the bounds.
+        self._queue: list[_Send] = []
+        self._inflight = 0
+        self._max_inflight = settings.write_batches
+        self._batch_size = settings.write_batch_size
+        self._flushes: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(cls, settings: Settings, *, run_migrations: bool = True) -> Store:
@@ -257,7 +276,90 @@ class Store:
     async def insert_message(
         self, room: int, sender: User, body: str, client_id: str | None
     ) -> tuple[Message, bool] | None:
-        """Store a message; (message, created). None if the sender is not a member."""
+        """Store a message; (message, created). None if the sender is not a member.
+
+        Group commit: while `write_batches` batches are in flight, concurrent sends
+        queue up and go together in the next one: one statement, one commit, and
+        each caller still returns only after the commit that stored its message.
+        """
+        done: asyncio.Future[tuple[Message, bool] | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.append(_Send(room, sender, body, client_id, done))
+        self._flush_more()
+        return await done
+
+    def _flush_more(self) -> None:
+        while self._queue and self._inflight < self._max_inflight:
+            batch = self._queue[: self._batch_size]
+            del self._queue[: self._batch_size]
+            self._inflight += 1
+            task = asyncio.ensure_future(self._flush(batch))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, batch: list[_Send]) -> None:
+        # A caller that gave up (its client left) before the batch ran stores nothing.
+        batch = [item for item in batch if not item.done.done()]
+        try:
+            try:
+                stored = await self._insert_batch(batch) if len(batch) > 1 else {}
+            except asyncpg.UniqueViolationError:
+                stored = {}  # a duplicate raced in from elsewhere: answer one by one
+            for index, item in enumerate(batch, 1):
+                if item.done.done():
+                    continue
+                row = stored.get(index)
+                if row is not None:
+                    message = Message(
+                        id=row["id"],
+                        room=item.room,
+                        seq=row["seq"],
+                        sender=item.sender,
+                        body=item.body,
+                        client_id=item.client_id,
+                        ts=iso(row["created_at"]),
+                    )
+                    item.done.set_result((message, True))
+                    continue
+                try:
+                    result = await self._insert_one(
+                        item.room, item.sender, item.body, item.client_id
+                    )
+                except Exception as exc:  # handed to the waiting caller
+                    if not item.done.done():
+                        item.done.set_exception(exc)
+                else:
+                    if not item.done.done():
+                        item.done.set_result(result)
+        except BaseException as exc:
+            for item in batch:
+                if not item.done.done():
+                    item.done.set_exception(exc if isinstance(exc, Exception) else unavailable())
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._inflight -= 1
+            self._flush_more()
+
+    async def _insert_batch(self, batch: list[_Send]) -> dict[int, Any]:
+        """One transaction for many sends; {position in batch (1-based): row} of those stored."""
+        rooms = sorted({item.room for item in batch})
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(Q_LOCK_ROOMS, rooms)
+            rows = await conn.fetch(
+                Q_INSERT_MESSAGES,
+                [item.room for item in batch],
+                [item.sender.id for item in batch],
+                [item.body for item in batch],
+                [item.client_id for item in batch],
+            )
+        return {row["ord"]: row for row in rows}
+
+    async def _insert_one(
+        self, room: int, sender: User, body: str, client_id: str | None
+    ) -> tuple[Message, bool] | None:
+        """The single-row path: one statement, duplicates answered with the first."""
         async with self._conn() as conn:
             try:
                 row = await conn.fetchrow(Q_INSERT_MESSAGE, room, sender.id, body, client_id)

@@ -70,3 +70,46 @@ WITH target AS (
 )
 SELECT t.seq, (SELECT count(*) FROM updated) AS deleted
 FROM target t;
+
+-- name: lock_rooms
+-- Group commit takes the room locks in id order first, so two batches never deadlock.
+SELECT id FROM rooms WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE;
+
+-- name: insert_messages
+-- Group commit: many sends in one statement, each row of a room getting the next seq
+-- in array order. Rows whose sender is not a member, or whose client_id is already
+-- stored or repeated earlier in the batch, are left out: the caller sends those
+-- through insert_message, which answers them one by one.
+WITH input AS (
+    SELECT t.room_id, t.sender_id, t.body, t.client_id, t.ord
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) WITH ORDINALITY
+         AS t(room_id, sender_id, body, client_id, ord)
+), allowed AS (
+    SELECT i.* FROM input i
+    JOIN members m ON m.room_id = i.room_id AND m.user_id = i.sender_id
+), fresh AS (
+    SELECT a.* FROM allowed a
+    WHERE a.client_id IS NULL
+       OR (NOT EXISTS (SELECT 1 FROM messages x
+                       WHERE x.room_id = a.room_id AND x.sender_id = a.sender_id
+                         AND x.client_id = a.client_id)
+           AND a.ord = (SELECT min(b.ord) FROM allowed b
+                        WHERE b.room_id = a.room_id AND b.sender_id = a.sender_id
+                          AND b.client_id = a.client_id))
+), counts AS (
+    SELECT room_id, count(*) AS n FROM fresh GROUP BY room_id
+), bumped AS (
+    UPDATE rooms r SET last_seq = r.last_seq + c.n
+    FROM counts c WHERE r.id = c.room_id
+    RETURNING r.id, r.last_seq - c.n AS base
+), numbered AS (
+    SELECT f.ord, f.room_id, f.sender_id, f.body, f.client_id,
+           b.base + row_number() OVER (PARTITION BY f.room_id ORDER BY f.ord) AS seq
+    FROM fresh f JOIN bumped b ON b.id = f.room_id
+), inserted AS (
+    INSERT INTO messages (room_id, seq, sender_id, body, client_id)
+    SELECT room_id, seq, sender_id, body, client_id FROM numbered
+    RETURNING id, room_id, seq, created_at
+)
+SELECT n.ord, ins.id, ins.seq, ins.created_at
+FROM numbered n JOIN inserted ins ON ins.room_id = n.room_id AND ins.seq = n.seq;
