@@ -68,6 +68,8 @@ from .store import UNAVAILABLE_ERRORS, Store
 log = logging.getLogger("chat.app")
 
 STATIC = Path(__file__).parent / "static"
+# Seconds a writer stuck on a client that stopped reading gets to send a close frame.
+CLOSE_GRACE = 2.0
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -336,6 +338,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     token = logs.context.set(f"conn-{conn.id}")
     reader = asyncio.create_task(_read(websocket, node, conn), name=f"read-{conn.id}")
     writer = asyncio.create_task(_write(websocket, conn), name=f"write-{conn.id}")
+    loop = asyncio.get_running_loop()
+
+    def unstick() -> None:
+        # A writer blocked on a client that stopped reading never gets to send the
+        # close frame: give it a moment, then cancel it and close from here.
+        loop.call_later(CLOSE_GRACE, lambda: writer.done() or writer.cancel())
+
+    conn.on_close = unstick
     try:
         await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -343,6 +353,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             task.cancel()
         await asyncio.gather(reader, writer, return_exceptions=True)
         await node.detach(conn)
+        if conn.close_code is not None and not (writer.done() and not writer.cancelled()):
+            await _close(websocket, conn.close_code, conn.close_reason)
+        log.info("disconnected", extra={"code": conn.close_code})
         logs.context.reset(token)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import Close
@@ -56,6 +57,8 @@ class Connection:
         # The close code once the server decided to close it; the writer sends it.
         self.close_code: int | None = None
         self.close_reason = ""
+        # Called once when the server decides to close it (the app's watchdog).
+        self.on_close: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user.id}>"
@@ -119,6 +122,8 @@ class Connection:
             self.queued_bytes = 0
             self.wakeup.set()
             self.drained.set()
+            if self.on_close is not None:
+                self.on_close()
 
 
 @dataclass(eq=False)
