@@ -27,7 +27,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from . import logs, metrics
+from . import logs, metrics, openapi
 from .broker import create_broker
 from .config import Settings
 from .errors import HTTP_STATUS, ChatError, Close, invalid
@@ -302,6 +302,12 @@ async def prometheus(request: Request) -> Response:
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
+async def openapi_json(request: Request) -> Response:
+    if not hasattr(request.app.state, "openapi"):
+        request.app.state.openapi = encode(openapi.document())
+    return Response(request.app.state.openapi, media_type="application/json")
+
+
 async def index(request: Request) -> Response:
     page = STATIC / "index.html"
     if not page.is_file():
@@ -500,6 +506,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/", index, methods=["GET"]),
         WebSocketRoute("/ws", websocket_endpoint),
     ]

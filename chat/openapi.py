@@ -1,0 +1,183 @@
+"""The OpenAPI 3.1 document of the HTTP API, generated from the msgspec types.
+
+Served at `/openapi.json`. The request and response schemas come from the same
+Structs that decode and encode the bodies, so the document cannot drift from
+what the server accepts; `OPERATIONS` lists each route once with its statuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from . import protocol as p
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    status: int
+    response: type[Any] | None = None
+    request: type[Any] | None = None
+    auth: bool = True
+    errors: tuple[int, ...] = ()
+    query: tuple[tuple[str, int, int], ...] = ()
+    params: tuple[str, ...] = field(default=())
+
+
+_ROOM = ("room_id",)
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "post", "/api/users", "Sign up", 201, p.UserOut, p.SignUp, False, (400, 409, 413, 422)
+    ),
+    Operation(
+        "post", "/api/sessions", "Log in", 201, p.SessionOut, p.LogIn, False, (400, 401, 422)
+    ),
+    Operation("delete", "/api/sessions/current", "Log out: revoke this token", 204),
+    Operation(
+        "post", "/api/bots", "Create a bot you own", 201, p.SessionOut, p.NewBot, True, (409,)
+    ),
+    Operation("post", "/api/rooms", "Create a room", 201, p.RoomOut, p.NewRoom),
+    Operation("get", "/api/rooms", "Your rooms, with unread counts", 200, p.RoomsOut),
+    Operation(
+        "post", "/api/rooms/{room_id}/join", "Join a public room", 200, p.RoomOut, params=_ROOM
+    ),
+    Operation(
+        "post",
+        "/api/rooms/{room_id}/members",
+        "Add a member",
+        200,
+        p.RoomOut,
+        p.AddMember,
+        params=_ROOM,
+    ),
+    Operation(
+        "delete",
+        "/api/rooms/{room_id}/members/{username}",
+        "Remove a member (yourself, or anyone if you created the room)",
+        204,
+        params=("room_id", "username"),
+    ),
+    Operation("post", "/api/dms", "The direct-message room with someone", 200, p.RoomOut, p.NewDm),
+    Operation(
+        "get",
+        "/api/rooms/{room_id}/messages",
+        "History, ascending seq (keyset: before / after)",
+        200,
+        p.MessagesOut,
+        query=(("before", 0, 2**62), ("after", 0, 2**62), ("limit", 1, 200)),
+        params=_ROOM,
+    ),
+    Operation(
+        "post",
+        "/api/rooms/{room_id}/messages",
+        "Send a message (idempotent with client_id)",
+        201,
+        p.MessageOut,
+        p.NewMessage,
+        params=_ROOM,
+    ),
+    Operation(
+        "get",
+        "/api/rooms/{room_id}/presence",
+        "Who is online in the room",
+        200,
+        p.PresenceOut,
+        params=_ROOM,
+    ),
+)
+
+def _ecma_patterns(node: Any) -> None:
+    """msgspec writes Python's end anchor `\\Z`; JSON Schema patterns are ECMA-262 (`$`)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str) and value.endswith("\\Z"):
+                node[key] = value[:-2] + "$"
+            else:
+                _ecma_patterns(value)
+    elif isinstance(node, list):
+        for item in node:
+            _ecma_patterns(item)
+
+
+_COMMON_ERRORS = (401, 403, 404, 405, 413, 422, 429, 500, 503)
+
+
+def document() -> dict[str, Any]:
+    """Build the OpenAPI document (cheap; the app caches the encoded bytes)."""
+    types: list[Any] = [p.ErrorOut]
+    for op in OPERATIONS:
+        types += [t for t in (op.request, op.response) if t is not None]
+    schemas, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
+    by_type = dict(zip(types, schemas, strict=True))
+    error = {
+        "description": "An error with one of the contract's codes",
+        "content": {"application/json": {"schema": by_type[p.ErrorOut]}},
+    }
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        responses: dict[str, Any] = {}
+        if op.response is None:
+            responses[str(op.status)] = {"description": "Done"}
+        else:
+            responses[str(op.status)] = {
+                "description": "Done",
+                "content": {"application/json": {"schema": by_type[op.response]}},
+            }
+        for status in sorted(set(op.errors) | set(_COMMON_ERRORS)):
+            if status == 401 and not op.auth:
+                continue
+            responses[str(status)] = error
+        spec: dict[str, Any] = {"summary": op.summary, "responses": responses}
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in op.params
+        ]
+        parameters += [
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": lo, "maximum": hi},
+            }
+            for name, lo, hi in op.query
+        ]
+        if parameters:
+            spec["parameters"] = parameters
+        if op.request is not None:
+            spec["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": by_type[op.request]}},
+            }
+        if op.auth:
+            spec["security"] = [{"bearer": []}]
+        paths.setdefault(op.path, {})[op.method] = spec
+    for path, summary in (("/healthz", "The process is up"), ("/readyz", "Backends reachable")):
+        paths[path] = {
+            "get": {
+                "summary": summary,
+                "responses": {"200": {"description": "OK"}, "503": error},
+            }
+        }
+    _ecma_patterns(components)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "chat",
+            "version": "1",
+            "description": "The HTTP half of the chat contract; the WebSocket half is "
+            "documented in docs/protocol.md.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
