@@ -19,7 +19,8 @@ Id = Annotated[int, Meta(ge=1, le=2**63 - 1)] | Annotated[str, Meta(pattern=r"^[
 Ref = Annotated[int, Meta(ge=-(2**53), le=2**53)] | Annotated[str, Meta(max_length=128)] | None
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 ClientId = Annotated[str, Meta(min_length=1, max_length=64)]
-Username = Annotated[str, Meta(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.\-]+$")]
+# `\Z`, not `$`: in Python `$` also matches before a trailing newline.
+Username = Annotated[str, Meta(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.\-]+\Z")]
 Password = Annotated[str, Meta(min_length=8, max_length=256)]
 # Bodies are checked further by `check_body` (code points, white space, NUL).
 Body = Annotated[str, Meta(min_length=1, max_length=4000)]
