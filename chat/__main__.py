@@ -59,12 +59,16 @@ def serve(args: argparse.Namespace) -> None:
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     log.info("serving", extra={"host": host, "port": port, "env": settings.chat_env})
+    os.environ["HANDSHAKE_TIMEOUT"] = str(settings.handshake_timeout)
+    from .handshake import DeadlineHttpProtocol
+
     uvicorn.run(
         "chat.app:create_app",
         factory=True,
         host=host,
         port=port,
         workers=args.workers,
+        http=DeadlineHttpProtocol,
         log_config=None,
         access_log=False,
         server_header=False,

@@ -32,6 +32,7 @@ from .broker import create_broker
 from .config import Settings
 from .errors import HTTP_STATUS, ChatError, Close, invalid
 from .hub import Connection
+from .limits import AddressLimiter
 from .node import Node, new_origin
 from .protocol import (
     AddMember,
@@ -335,7 +336,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     node = _node(websocket)
     if not origin_allowed(websocket, settings.allowed_origins):
         log.info("websocket refused: origin not allowed")
-        await websocket.close(code=1008)  # before accept: the server answers 403
+        await _deny(websocket, "forbidden", "this origin may not open a WebSocket here")
+        return
+    client = websocket.client
+    limiter: AddressLimiter = websocket.app.state.handshakes
+    if client is not None and not limiter.allow(client.host):
+        await _deny(websocket, "rate_limited", "too many WebSocket handshakes from this address")
         return
     await websocket.accept()
     conn = await _hello(websocket, node, settings)
@@ -363,6 +369,15 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             await _close(websocket, conn.close_code, conn.close_reason)
         log.info("disconnected", extra={"code": conn.close_code})
         logs.context.reset(token)
+
+
+async def _deny(websocket: WebSocket, code: str, message: str) -> None:
+    """Refuse a handshake with an HTTP error body (403 if the server cannot send one)."""
+    metrics.ERRORS.labels(code).inc()
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_response(code, message))
+    else:
+        await websocket.close(code=1008)
 
 
 async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
@@ -518,6 +533,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={HTTPException: _not_found, 404: _not_found, 405: _not_found},
     )
     app.state.settings = settings
+    app.state.handshakes = AddressLimiter(
+        settings.handshake_rate, max(1, int(settings.handshake_rate * 2))
+    )
     return app
 
 

@@ -136,6 +136,10 @@ class Settings:
     max_http_body_bytes: int = 65536
     max_frame_bytes: int = 65536
     hello_timeout: float = 10.0
+    # Seconds for a client to send a request's headers (a WebSocket handshake too).
+    handshake_timeout: float = 10.0
+    # WebSocket handshakes per second per client address (bursts of twice that).
+    handshake_rate: float = 50.0
     heartbeat: float = 20.0
     ws_compression: bool = False
     send_rate: float = 20.0
@@ -243,6 +247,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_http_body_bytes": _int(1024, 64 * 1024 * 1024),
     "max_frame_bytes": _int(1024, 64 * 1024 * 1024),
     "hello_timeout": _float(0.1, 600),
+    "handshake_timeout": _float(0.1, 600),
+    "handshake_rate": _float(0.1, 1000000),
     "heartbeat": _float(1, 3600),
     "ws_compression": _bool,
     "send_rate": _float(0.1, 100000),

@@ -28,6 +28,7 @@ from .broker import Broker, PresenceEntry
 from .config import Settings
 from .errors import ChatError, Close, forbidden, invalid, not_found
 from .hub import Connection, Hub, RoomState
+from .limits import Limits
 from .protocol import (
     ClientFrame,
     Delete,
@@ -66,38 +67,6 @@ log = logging.getLogger("chat.node")
 PENDING_LIMIT = 10000
 # Rows read per round when filling a gap or replaying to a connection.
 FILL_BATCH = 500
-
-
-class TokenBucket:
-    """`rate` tokens a second, at most `burst` saved up."""
-
-    __slots__ = ("burst", "last", "rate", "tokens")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.last = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
-class Limits:
-    """The per-connection rate limits of the contract."""
-
-    __slots__ = ("bucket", "last_typing", "refusals")
-
-    def __init__(self, settings: Settings) -> None:
-        self.bucket = TokenBucket(settings.send_rate, settings.send_burst)
-        self.refusals = 0
-        self.last_typing = 0.0
 
 
 class Node:

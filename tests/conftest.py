@@ -62,6 +62,8 @@ def server_env(database_url: str, redis_prefix: str) -> dict[str, str]:
         "REDIS_PREFIX": redis_prefix,
         "CHAT_ENV": "development",
         "RECONCILE_INTERVAL": "1",
+        # Every test client connects from 127.0.0.1.
+        "HANDSHAKE_RATE": "100000",
     }
 
 
