@@ -9,6 +9,7 @@ New fields get defaults, so older clients keep working.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Annotated, Any
 
 import msgspec
@@ -102,6 +103,8 @@ def as_id(value: int | str) -> int:
 
 class Hello(Struct, tag="hello", tag_field="type"):
     token: Annotated[str, Meta(max_length=512)]
+    # Like every client frame: a second `hello` is refused with this ref.
+    ref: Ref = None
 
 
 class Join(Struct, tag="join", tag_field="type"):
@@ -377,9 +380,46 @@ def decode_body(data: bytes, type_: type[Any]) -> Any:
         value = msgspec.json.decode(data, type=type_)
     except msgspec.ValidationError as exc:
         raise FrameError(str(exc).replace("`$.", "`").replace("`$`", "the body")) from None
+    except msgspec.DecodeError:
+        # Only JSON that `is_json` let through gets here: a string with a lone surrogate.
+        raise FrameError(_surrogate_field(data)) from None
+    # PostgreSQL text cannot hold NUL, and no name, id or body needs one.
+    for name in getattr(value, "__struct_fields__", ()):
+        field_value = getattr(value, name)
+        if isinstance(field_value, str) and "\x00" in field_value:
+            raise FrameError(f"`{name}` must not contain a NUL character")
     if isinstance(value, NewMessage):
         check_body(value.body)
     return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _lenient_json(data: bytes) -> Any:
+    """Parse with the standard library, which (unlike msgspec) keeps lone surrogates."""
+    return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+
+
+def _surrogate_field(data: bytes) -> str:
+    try:
+        value = _lenient_json(data)
+    except (ValueError, RecursionError):
+        return "the body is not valid JSON"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, str) and not _is_utf8(item):
+                return f"`{key}` must not contain a lone surrogate"
+    return "the body must not contain a lone surrogate"
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_json(data: bytes) -> bool:
@@ -387,5 +427,10 @@ def is_json(data: bytes) -> bool:
     try:
         msgspec.json.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return False
+        # msgspec refuses `"\ud800"`, a lone surrogate escape, which the JSON grammar
+        # allows: such a body is JSON with a bad string (422), not garbage (400).
+        try:
+            _lenient_json(data)
+        except (ValueError, RecursionError):
+            return False
     return True

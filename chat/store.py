@@ -191,6 +191,8 @@ class Store:
         return None if row is None else (_user(row), row["password_hash"])
 
     async def user_by_username(self, username: str) -> User | None:
+        if "\x00" in username:
+            return None  # PostgreSQL text cannot hold NUL, so no username has one
         async with self._conn() as conn:
             row = await conn.fetchrow(Q_USER_BY_USERNAME, username)
         return None if row is None else _user(row)

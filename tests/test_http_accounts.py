@@ -149,6 +149,12 @@ async def test_same_401_for_unknown_user_and_wrong_password(anon: Api) -> None:
     assert wrong.json() == unknown.json()
 
 
+async def test_nul_in_log_in_is_invalid(anon: Api) -> None:
+    """A NUL character in a log-in field is 422 invalid, not a server failure."""
+    for username, password in (("nul\x00name", PASSWORD), (unique(), "pass\x00word")):
+        assert error(await log_in(anon, username, password)) == (422, "invalid")
+
+
 async def test_log_in_gives_a_working_token(anon: Api, server: ServerProcess) -> None:
     """The token from POST /api/sessions authenticates, and each log-in gets a new one."""
     name = unique("tok")

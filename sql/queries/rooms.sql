@@ -33,7 +33,9 @@ WHERE m.user_id = $1
 ORDER BY r.id;
 
 -- name: add_member
-INSERT INTO members (room_id, user_id) VALUES ($1, $2)
+-- A newcomer starts with the room read: its history is not news to them.
+INSERT INTO members (room_id, user_id, read_seq)
+SELECT id, $2, last_seq FROM rooms WHERE id = $1
 ON CONFLICT DO NOTHING;
 
 -- name: remove_member
