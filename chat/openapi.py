@@ -92,6 +92,7 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
 )
 
+
 def _ecma_patterns(node: Any) -> None:
     """msgspec writes Python's end anchor `\\Z`; JSON Schema patterns are ECMA-262 (`$`)."""
     if isinstance(node, dict):
@@ -131,8 +132,11 @@ def document() -> dict[str, Any]:
                 "description": "Done",
                 "content": {"application/json": {"schema": by_type[op.response]}},
             }
-        for status in sorted(set(op.errors) | set(_COMMON_ERRORS)):
-            if status == 401 and not op.auth:
+        statuses = set(op.errors) | set(_COMMON_ERRORS)
+        if op.request is not None:
+            statuses.add(400)  # a body that is not JSON
+        for status in sorted(statuses):
+            if status == 401 and not op.auth and 401 not in op.errors:
                 continue
             responses[str(status)] = error
         spec: dict[str, Any] = {"summary": op.summary, "responses": responses}
