@@ -360,6 +360,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     conn.on_close = unstick
     try:
         await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+        if conn.closing and not writer.done():
+            # The server is closing it: the writer sends what is queued, then the close
+            # code (the watchdog above cancels it if the client stopped reading).
+            await asyncio.wait((writer,))
     finally:
         for task in (reader, writer):
             task.cancel()

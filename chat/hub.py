@@ -114,12 +114,18 @@ class Connection:
             self.queued_bytes = sum(len(text) for text, _ in kept)
 
     def close(self, code: int, reason: str = "") -> None:
-        """Ask the writer to close the socket with `code`; later frames are dropped."""
+        """Ask the writer to send what is queued, then close with `code`; later frames are dropped.
+
+        The queue is kept so that the client gets the replies it was owed (the
+        `rate_limited` errors before a 4008, say); only an overflow (1013) drops it,
+        since that queue is what the client could not keep up with.
+        """
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
-            self.queue.clear()
-            self.queued_bytes = 0
+            if code == Close.TRY_AGAIN:
+                self.queue.clear()
+                self.queued_bytes = 0
             self.wakeup.set()
             self.drained.set()
             if self.on_close is not None:

@@ -96,7 +96,8 @@ class ServerProcess:
                 break
             text = line.decode(errors="replace").rstrip()
             self.lines.append(text)
-            if "Application startup complete" in text:
+            # uvicorn binds its socket after "Application startup complete": wait for that.
+            if "Uvicorn running on" in text:
                 self._ready.set()
         proc.stdout.close()
         await asyncio.to_thread(proc.wait)
