@@ -27,6 +27,9 @@ def sql_dir() -> Path:
 def parse_queries(text: str, origin: str = "<text>") -> dict[str, str]:
     """Split a file of `-- name: x` blocks into {name: sql}."""
     parts = _NAME.split(text)
+    # Above the first name only comments may stand: SQL there would have no name.
+    if any(not line.strip().startswith("--") for line in parts[0].splitlines() if line.strip()):
+        raise RuntimeError(f"{origin}: SQL before the first `-- name:` line has no name")
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
