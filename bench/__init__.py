@@ -1,0 +1,1 @@
+"""The load generator and the peers: see bench/README.md."""
