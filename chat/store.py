@@ -259,7 +259,7 @@ class Store:
         async with self._conn() as conn:
             room = await conn.fetchval(Q_CREATE_DM, user.id, other.id, name, key)
             if room is None:
-                room = await conn.fetchval(Q_DM_ROOM_ID, key)
+                room = await conn.fetchval(Q_DM_ROOM_ID, key, user.id, other.id)
         assert room is not None
         return int(room)
 

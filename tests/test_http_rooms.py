@@ -347,6 +347,23 @@ async def test_dm_is_the_same_private_room_from_either_side(
     assert other["room"]["id"] != room["id"]
 
 
+async def test_reopening_a_dm_brings_back_whoever_left(alice: Api, bob: Api) -> None:
+    """Who left a DM is back in it when either side opens it again: it stays the pair's room."""
+    room = (await alice.raw("POST", "/api/dms", json={"username": bob.username})).json()["room"]
+    await alice.post(room["id"], "before you left")
+    r = await bob.raw("DELETE", f"/api/rooms/{room['id']}/members/{bob.username}")
+    assert r.status_code == 204
+    assert error(await bob.raw("GET", f"/api/rooms/{room['id']}/messages")) == (403, "forbidden")
+    again = (await alice.raw("POST", "/api/dms", json={"username": bob.username})).json()
+    assert again["room"]["id"] == room["id"]
+    await alice.post(room["id"], "are you there?")
+    assert [m["body"] for m in await bob.history(room["id"])] == [
+        "before you left",
+        "are you there?",
+    ]
+    assert (await listed(bob))[room["id"]]["unread"] == 1
+
+
 async def test_dm_errors(alice: Api) -> None:
     """A DM with an unknown user is 404, with yourself 422 (in any case), a bad body 422."""
     r = await alice.raw("POST", "/api/dms", json={"username": "nobody" + secrets.token_hex(4)})

@@ -56,7 +56,15 @@ WITH new AS (
 SELECT id FROM new;
 
 -- name: dm_room_id
-SELECT id FROM rooms WHERE dm_key = $1;
+-- The pair's existing room, with either of them who had left it back in (as of now).
+WITH r AS (
+    SELECT id, last_seq FROM rooms WHERE dm_key = $1
+), m AS (
+    INSERT INTO members (room_id, user_id, read_seq)
+    SELECT r.id, x, r.last_seq FROM r, unnest(ARRAY[$2::bigint, $3::bigint]) AS x
+    ON CONFLICT DO NOTHING
+)
+SELECT id FROM r;
 
 -- name: set_read
 -- A read position only moves forward and never past the room's newest seq.
