@@ -128,7 +128,8 @@ async def current_user(request: Request) -> tuple[User, bytes]:
 
 def _id(request: Request, name: str = "room_id") -> int:
     raw = request.path_params[name]
-    if not raw.isdigit() or len(raw) > 18 or raw.startswith("0"):
+    # isascii: superscripts and other scripts' digits pass str.isdigit, but are no room ids.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or raw.startswith("0"):
         raise ChatError("not_found", "no such room")
     return int(raw)
 

@@ -194,9 +194,12 @@ async def test_join_private_room_is_forbidden(alice: Api, bob: Api) -> None:
     assert error(await bob.raw("GET", f"/api/rooms/{room['id']}/messages")) == (403, "forbidden")
 
 
-@pytest.mark.parametrize("room_id", ["999999999", "0", "abc", "-1", "1" * 30])
+@pytest.mark.parametrize(
+    "room_id", ["999999999", "0", "abc", "-1", "1" * 30, "%C2%B2", "%D9%A1", "1.0", "+1"]
+)
 async def test_join_unknown_room_is_404(alice: Api, room_id: str) -> None:
     """Joining a room that does not exist (or an id that cannot be one) is 404 not_found."""
+    await alice.create_room("room one exists")  # so that an Arabic-Indic 1 could find it
     assert error(await alice.raw("POST", f"/api/rooms/{room_id}/join")) == (404, "not_found")
 
 
