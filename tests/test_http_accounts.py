@@ -190,17 +190,19 @@ async def test_log_out_revokes_the_token_at_once(anon: Api, server: ServerProces
 async def test_log_out_closes_the_tokens_websockets_on_every_process(
     servers: tuple[ServerProcess, ServerProcess], alice: Api
 ) -> None:
-    """Logging out on one process closes that token's WebSocket on the other with 4001."""
+    """Logging out on one process closes the token's WebSocket on the other (4001); 401 there."""
     a, b = servers
     ws = await Ws.connect(b.ws_url, alice.token)
-    on_a = alice.on(a.url)
+    on_a, on_b = alice.on(a.url), alice.on(b.url)
     try:
         out = await on_a.raw("DELETE", "/api/sessions/current")
         assert out.status_code == 204
         assert await ws.close_code() == 4001
+        assert error(await on_b.raw("GET", "/api/rooms")) == (401, "unauthorized")
     finally:
         await ws.close()
         await on_a.close()
+        await on_b.close()
 
 
 async def test_revoked_token_cannot_open_a_websocket(alice: Api, server: ServerProcess) -> None:
