@@ -109,6 +109,15 @@ def proc_status_kib(pid: int, key: str) -> int:
     return 0
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
 def machine() -> dict[str, object]:
     """What the numbers were measured on."""
     import platform

@@ -17,16 +17,15 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]*)(?::(?P<line>\d+))?\)$")
 
 
 def _package(path: str) -> str:
+    """`chat.hub`, `uvicorn`, `asyncio`, ... for a frame's file."""
     if "site-packages/" in path:
-        rest = path.split("site-packages/", 1)[1]
-        return rest.split("/", 1)[0].removesuffix(".py")
+        return path.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
     if "/chat/" in path:
-        return "chat." + path.rsplit("/chat/", 1)[1].removesuffix(".py").replace("/", ".")
-    if "/python3" in path and "/lib/" in path:
-        name = (
-            path.split("/lib/", 1)[1].split("/", 1)[1] if "/" in path.split("/lib/", 1)[1] else path
-        )
-        return "stdlib:" + name.split("/", 1)[0].removesuffix(".py")
+        rest = path.rsplit("/chat/", 1)[1].removesuffix(".py").replace("/", ".")
+        return "chat." + rest
+    if "/lib/python3" in path:
+        rest = path.split("/lib/python3", 1)[1].split("/", 1)[-1]
+        return rest.split("/", 1)[0].removesuffix(".py")
     return path or "?"
 
 

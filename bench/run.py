@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import math
 import os
 import random
 import resource
@@ -33,6 +34,7 @@ from bench.common import (
     decode_hist,
     hist_summary,
     machine,
+    machine_busy,
     new_hist,
     proc_cpu_seconds,
     proc_rss_kib,
@@ -542,10 +544,12 @@ class Run:
             )
         await asyncio.sleep(max(0, (t0 - time.monotonic_ns()) / 1e9))
         cpu0, wcpu0, rcpu0 = self.server_cpu(), self.worker_cpu(), await redis_cpu()
+        busy0, _ = machine_busy()
         for w in self.workers:
             await w.expect("step_done", timeout=seconds + 60)
         step_end = t0 + int(seconds * 1e9)
         cpu1, wcpu1, rcpu1 = self.server_cpu(), self.worker_cpu(), await redis_cpu()
+        busy1, _ = machine_busy()
         rss = self.server_rss()
         # Drain: wait for the acks and the deliveries of this step (bounded).
         drain_start = time.monotonic()
@@ -601,6 +605,14 @@ class Run:
             "generator_cpu_s": round(wcpu1 - wcpu0, 3),
             "generator_cpu_pct": round(100 * (wcpu1 - wcpu0) / seconds, 1),
             "redis_cpu_s": round(rcpu1 - rcpu0, 3),
+            # Everything the machine ran meanwhile (2 cores = 200%), ours and other people's.
+            "machine_busy_pct": round(100 * (busy1 - busy0) / seconds, 1),
+            "others_cpu_pct": round(
+                100
+                * ((busy1 - busy0) - (cpu1 - cpu0) - (wcpu1 - wcpu0) - (rcpu1 - rcpu0))
+                / seconds,
+                1,
+            ),
             "server_rss_kib": rss,
             "loadavg": round(os.getloadavg()[0], 2),
             "t0_ns": t0,
@@ -617,6 +629,7 @@ class Run:
             f"{lat_s.get('p99_ms', '-')} p99.9 {lat_s.get('p99_9_ms', '-')} ms"
             + (f"; ack p99 {ack_s.get('p99_ms')} ms" if ack_s.get("count") else "")
             + f"; server cpu {result['server_cpu_pct']}%, gen cpu {result['generator_cpu_pct']}%"
+            + f", machine {result['machine_busy_pct']}%"
             + (f"; OUTSTANDING {outstanding}" if outstanding else "")
         )
         return result
@@ -680,16 +693,19 @@ class Run:
     async def idle(self, sc: dict[str, Any], per_room: int) -> None:
         """S0: RSS of the server processes before and after N joined, idle connections."""
         levels = [int(x) for x in (self.args.levels or sc["levels"]).split(",")]
+        # Every account and room first (sign-ups churn the servers' memory), then the baseline.
+        rooms = max(1, math.ceil(max(levels) / per_room))
+        all_specs = await self.make_specs(rooms, per_room, 0)
+        await asyncio.sleep(self.args.settle)
         base = self.server_rss()
         say(f"  baseline RSS {[r // 1024 for r in base]} MiB")
-        points = [{"connections": 0, "server_rss_kib": base, "total_kib": sum(base)}]
+        points: list[dict[str, Any]] = [
+            {"connections": 0, "server_rss_kib": base, "total_kib": sum(base)}
+        ]
         have = 0
         for level in levels:
-            add = level - have
-            rooms = max(1, add // per_room)
-            members = add // rooms
-            specs = await self.make_specs(rooms, members, 0, start_index=have)
-            info = await self.open_connections(specs, gid_offset=(len(points)) * 1_000_000)
+            specs = all_specs[have:level]
+            info = await self.open_connections(specs, gid_offset=len(points) * 1_000_000)
             have += info["ok"]
             await asyncio.sleep(self.args.settle)
             rss = self.server_rss()
@@ -919,8 +935,8 @@ class Run:
         pyspy = Path(sys.executable).with_name("py-spy")
         proc = subprocess.Popen(
             [str(pyspy), "record", "--pid", str(self.servers[0].pid), "--duration",
-             str(max(1, int(seconds))), "--rate", "200", "--format", "raw", "--output",
-             str(out), "--nonblocking"],
+             str(max(1, int(seconds))), "--rate", "200", "--format", "raw",
+             "--full-filenames", "--output", str(out), "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         say(f"  py-spy recording {self.servers[0].name} (pid {self.servers[0].pid}) to {out.name}")
