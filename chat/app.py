@@ -370,6 +370,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             task.cancel()
         await asyncio.gather(reader, writer, return_exceptions=True)
         await node.detach(conn)
+        if conn.close_code == Close.TRY_AGAIN:
+            # Counted here, not in the writer: a writer stuck on the slow client never gets there.
+            metrics.CLOSES.labels(str(Close.TRY_AGAIN)).inc()
         if conn.close_code is not None and not (writer.done() and not writer.cancelled()):
             await _close(websocket, conn.close_code, conn.close_reason)
         log.info("disconnected", extra={"code": conn.close_code})
@@ -470,8 +473,6 @@ async def _write(websocket: WebSocket, conn: Connection) -> None:
         while (text := conn.pop()) is not None:
             await send({"type": "websocket.send", "text": text})
         if conn.close_code is not None:
-            if conn.close_code == Close.TRY_AGAIN:
-                metrics.CLOSES.labels(str(Close.TRY_AGAIN)).inc()
             await _close(websocket, conn.close_code, conn.close_reason)
             return
 

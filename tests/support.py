@@ -320,3 +320,111 @@ class Ws:
             await self._task
         except asyncio.CancelledError:
             pass
+
+
+class Follower:
+    """A client that follows one room across drops, the way the contract tells clients to.
+
+    It joins with `since` = the newest seq it holds, and whenever its connection
+    closes it reconnects (to the next of `urls`, round robin) and resumes. Every
+    message frame it gets is kept in `log`, in arrival order, repeats included,
+    so a test can check for gaps and repeats.
+    """
+
+    def __init__(self, urls: list[str], token: str, room: int) -> None:
+        self.urls = urls
+        self.token = token
+        self.room = room
+        # Message frames of the room, in arrival order.
+        self.log: list[dict[str, Any]] = []
+        # Close codes of the connections it lost.
+        self.closes: list[int | None] = []
+        # The connection in use, once joined.
+        self.ws: Ws | None = None
+        self._url = 0
+        self._changed = asyncio.Event()
+        self._joined = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    @property
+    def last(self) -> int:
+        return int(self.log[-1]["seq"]) if self.log else 0
+
+    @property
+    def url(self) -> str:
+        return self.urls[self._url % len(self.urls)]
+
+    async def joined(self, timeout: float = 15) -> None:
+        await asyncio.wait_for(self._joined.wait(), timeout)
+
+    async def wait_for(self, seq: int, timeout: float = 20) -> None:
+        """Until it holds `seq` (or fails with what it has)."""
+        deadline = time.monotonic() + timeout
+        while self.last < seq:
+            self._changed.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"follower at seq {self.last}, waiting for {seq}")
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                continue
+
+    def drop(self) -> None:
+        """Cut the connection without a closing handshake, as a network failure would."""
+        if self.ws is not None:
+            self._joined.clear()
+            transport = self.ws.ws.transport
+            transport.abort()
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                ws = await Ws.connect(self.url, self.token)
+            except (OSError, TimeoutError, websockets.WebSocketException, AssertionError):
+                self._url += 1
+                await asyncio.sleep(backoff)  # reconnect backoff, not synchronisation
+                backoff = min(backoff * 2, 1.0)
+                continue
+            self.ws = ws
+            try:
+                await self._follow(ws)
+            finally:
+                await ws.close()
+            self.closes.append(ws.ws.close_code)
+            self._url += 1
+
+    async def _follow(self, ws: Ws) -> None:
+        try:
+            await ws.join(self.room, since=self.last)
+        except (TimeoutError, AssertionError, websockets.ConnectionClosed):
+            return
+        self._joined.set()
+        while True:
+            get = asyncio.ensure_future(ws.frames.get())
+            closed = asyncio.ensure_future(ws.closed.wait())
+            try:
+                await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in (get, closed):
+                    if not waiter.done():
+                        waiter.cancel()
+            if get.done() and not get.cancelled():
+                self._take(get.result())
+            elif closed.done():
+                while not ws.frames.empty():
+                    self._take(ws.frames.get_nowait())
+                return
+
+    def _take(self, frame: dict[str, Any]) -> None:
+        if frame["type"] == "message" and frame["room"] == self.room:
+            self.log.append(frame["message"])
+            self._changed.set()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
