@@ -118,6 +118,19 @@ def machine_busy() -> tuple[float, float]:
     return (total - idle) / CLK_TCK, total / CLK_TCK
 
 
+def tcp_mem_kib() -> int:
+    """Kernel memory of all TCP sockets on the machine (socket buffers), /proc/net/sockstat."""
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    parts = line.split()
+                    return int(parts[parts.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def machine() -> dict[str, object]:
     """What the numbers were measured on."""
     import platform

@@ -38,6 +38,7 @@ from bench.common import (
     new_hist,
     proc_cpu_seconds,
     proc_rss_kib,
+    tcp_mem_kib,
 )
 from bench.servers import PROTOCOL, ROOT, TARGETS, WS_PATH, Server, chat_servers, peer_servers
 
@@ -320,6 +321,7 @@ async def start_workers(
             "body_size": args.body_size,
             "conns": chunk,
             "connect_concurrency": args.connect_concurrency,
+            "slow_rcvbuf": args.slow_rcvbuf,
         }
         await w.send(cfg)
         workers.append(w)
@@ -437,6 +439,7 @@ class Run:
             for k, v in r["failures"].items():
                 failures[k] = failures.get(k, 0) + v
         info = {
+            "presence_diff_frames_received": sum(r.get("presence_diffs", 0) for r in readies),
             "connections": len(specs),
             "ok": ok,
             "failed": failed,
@@ -445,6 +448,11 @@ class Run:
         }
         say(
             f"  {ok}/{len(specs)} connections joined in {info['seconds']} s"
+            + (
+                f" ({info['presence_diff_frames_received']} presence_diff frames)"
+                if info["presence_diff_frames_received"]
+                else ""
+            )
             + (f"; failures: {failures}" if failures else "")
         )
         if failed:
@@ -488,6 +496,7 @@ class Run:
                 "server_cpu_pct": round(100 * (cpu - last_cpu) / dt_),
                 "generator_cpu_pct": round(100 * (wcpu - last_wcpu) / dt_),
                 "server_rss_kib": rss,
+                "tcp_mem_kib": tcp_mem_kib(),
                 "load1": round(os.getloadavg()[0], 2),
             }
             self.samples.append(sample)
@@ -662,6 +671,7 @@ class Run:
                 "rates": rates,
                 "step_seconds": seconds,
                 "slow_fraction": slow,
+                "slow_rcvbuf": a.slow_rcvbuf,
                 "workers": a.workers,
                 "client": a.client,
                 "body_size": a.body_size,
@@ -749,6 +759,7 @@ class Run:
             await w.send({"cmd": "epoch", "t": epoch})
         self.monitor_task = asyncio.create_task(self.monitor())
         rss_before = self.server_rss()
+        tcp_before = tcp_mem_kib()
         if slow:
             for w in self.workers:
                 await w.send({"cmd": "slow"})
@@ -783,7 +794,10 @@ class Run:
             max(s["server_rss_kib"][i] for s in self.samples) if self.samples else 0
             for i in range(len(self.servers))
         ]
+        tcp = [x.get("tcp_mem_kib", 0) for x in self.samples]
         self.result["memory"] = {
+            "tcp_mem_kib_before": tcp_before,
+            "tcp_mem_kib_peak": max(tcp, default=0),
             "server_rss_before_kib": rss_before,
             "server_rss_peak_kib": rss_peak,
             "server_rss_end_kib": self.server_rss(),
@@ -1043,6 +1057,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rates", help="messages/s per step, comma-separated")
     p.add_argument("--step-seconds", type=float, help="seconds per step")
     p.add_argument("--slow-fraction", type=float, help="share of clients that stop reading")
+    p.add_argument(
+        "--slow-rcvbuf",
+        type=int,
+        help="SO_RCVBUF (bytes) of the slow clients' sockets, set before connecting",
+    )
     p.add_argument("--stop-p99-ms", type=float, help="stop stepping once delivery p99 exceeds it")
     p.add_argument("--stop-ack-p99-ms", type=float, help="stop once send-ack p99 exceeds it")
     p.add_argument("--workers", type=int, default=1, help="generator processes")

@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import random
+import socket
 import sys
 import time
 from array import array
@@ -196,6 +197,9 @@ class Conn:
     def on_chat_frame(self, data: bytes) -> None:
         f = DEC_CHAT.decode(data)
         t = f.type
+        if t == "presence_diff":
+            self.w.presence_diffs += 1
+            return
         if t == "ok":
             if f.ref == "j":
                 self.join_seq = self.last = f.seq or 0
@@ -356,12 +360,23 @@ def picows_conn_class() -> type:
 async def open_picows(conn: Any) -> None:
     from picows import ws_connect
 
+    factory = None
+    rcvbuf = conn.w.cfg.get("slow_rcvbuf")
+    if conn.slow and rcvbuf:
+        # A client with a small receive window (a phone on a bad link): set before connecting.
+        def factory(parsed: Any) -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
+            return sock
+
     await ws_connect(
         lambda: conn,
         conn.url,
         enable_auto_ping=False,
         websocket_handshake_timeout=30,
         read_buffer_init_size=4096,
+        socket_factory=factory,
     )
 
 
@@ -432,6 +447,7 @@ class Worker:
         self.stats = Stats()
         self.conns: list[Conn] = []
         self.closed = 0
+        self.presence_diffs = 0
         self.connect_failures: dict[str, int] = defaultdict(int)
         self.stepping: asyncio.Task[None] | None = None
         self.rr = 0
@@ -475,6 +491,7 @@ class Worker:
                 "failures": dict(self.connect_failures),
                 "seconds": round(time.monotonic() - started, 2),
                 "join_seqs": self.join_seqs(),
+                "presence_diffs": self.presence_diffs,
             }
         )
 
