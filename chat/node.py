@@ -505,8 +505,13 @@ class Node:
                 pass  # PostgreSQL is away; the next round tries again
 
     async def _resync_all(self) -> None:
-        """After a broker reconnect: whatever was published meanwhile is lost, so re-read."""
+        """After a broker reconnect: whatever was published meanwhile is lost, so re-read.
+
+        A restarted Redis lost this process's presence entries too: they are put
+        back now rather than at the next refresh, up to `presence_ttl / 3` later.
+        """
         metrics.BROKER_RECONNECTS.inc()
+        await self._refresh_presence()
         for attempt in range(50):
             try:
                 await self._reconcile()
@@ -561,14 +566,20 @@ class Node:
         """Refresh this process's entries well before they expire; sweep out the dead."""
         while True:
             await asyncio.sleep(self.settings.presence_ttl / 3)
-            for (room, _), entry in list(self.presence.items()):
-                try:
-                    joined, left = await self.broker.presence_add(entry, self.settings.presence_ttl)
-                except Exception:
-                    metrics.BROKER_ERRORS.inc()
-                    break
-                if joined or left:
-                    await self._presence_diff(room, [entry.user] if joined else [], left)
+            await self._refresh_presence()
+
+    async def _refresh_presence(self) -> None:
+        """Add or refresh every entry this process holds; report who came or went."""
+        for key, entry in list(self.presence.items()):
+            if self.presence.get(key) is not entry:
+                continue  # left meanwhile
+            try:
+                joined, left = await self.broker.presence_add(entry, self.settings.presence_ttl)
+            except Exception:
+                metrics.BROKER_ERRORS.inc()
+                return
+            if joined or left:
+                await self._presence_diff(entry.room, [entry.user] if joined else [], left)
 
     # -- control across processes ---------------------------------------------
 
