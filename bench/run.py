@@ -56,7 +56,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "S2": {
         "rooms": 1,
         "members": 1000,
-        "rates": "5,10,20,30,40,50,60,80,100,120",
+        "rates": "5,10,20,30,40,50,60,80,100,120,150,200",
         "step_seconds": 5,
         "stop_p99_ms": 250,
     },
@@ -993,8 +993,8 @@ async def main_async(args: argparse.Namespace) -> int:
         scenario = "S2"
         if args.target == "chat":
             targets = list(TARGETS)
-    if scenario != "S2" and targets != ["chat"]:
-        raise SystemExit("the peers run the hot-room scenario (S2) only")
+    if scenario not in ("S0", "S2") and targets != ["chat"]:
+        raise SystemExit("the peers run the idle (S0) and hot-room (S2) scenarios only")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     summary: dict[str, Any] = {
         "scenario": scenario,
