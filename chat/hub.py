@@ -44,6 +44,9 @@ class Connection:
         self.rooms: dict[int, int] = {}
         # Rooms being replayed from PostgreSQL: the live path skips them meanwhile.
         self.catching_up: set[int] = set()
+        # Frames without a seq (edits, typing, presence) of rooms being replayed, held
+        # until the replay is done: after a join the order is ok, presence, replay, live.
+        self.held: dict[int, list[tuple[str, bool]]] = {}
         # Outbound frames: (text, ephemeral). Bounded by max_frames and max_bytes.
         self.queue: deque[tuple[str, bool]] = deque()
         # Bytes of text in the queue (characters; close enough for a bound).
@@ -83,6 +86,26 @@ class Connection:
         self.queued_bytes += size
         self.wakeup.set()
         return True
+
+    def hold(self, room: int, text: str, ephemeral: bool) -> None:
+        """Keep a live frame of a room being replayed until `flush_held`; shed, or close if full."""
+        held = self.held.setdefault(room, [])
+        if len(held) >= self.max_frames:
+            if ephemeral:
+                return
+            held[:] = [item for item in held if not item[1]]
+            if len(held) >= self.max_frames:
+                self.close(Close.TRY_AGAIN, "too much happened during a replay: resume with since")
+                return
+        held.append((text, ephemeral))
+
+    def flush_held(self, room: int) -> None:
+        """The replay of `room` is done: queue what was held for it, in order."""
+        for text, ephemeral in self.held.pop(room, ()):
+            self.push(text, ephemeral)
+
+    def drop_held(self, room: int) -> None:
+        self.held.pop(room, None)
 
     async def put(self, text: str) -> bool:
         """Queue a frame, waiting for room instead of overflowing (replays, replies)."""
@@ -196,9 +219,17 @@ class Hub:
         return behind
 
     def broadcast(self, state: RoomState, text: str, *, exclude: int = 0, ephemeral: bool) -> None:
-        """Hand a frame without a seq (edits, typing, presence) to the room's connections."""
+        """Hand a frame without a seq (edits, typing, presence) to the room's connections.
+
+        A connection still being replayed the room gets it after the replay.
+        """
+        room = state.id
         for conn in state.conns.values():
-            if conn.id != exclude:
+            if conn.id == exclude:
+                continue
+            if room in conn.catching_up:
+                conn.hold(room, text, ephemeral)
+            else:
                 conn.push(text, ephemeral)
 
     def by_token(self, token_hash: bytes) -> list[Connection]:

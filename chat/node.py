@@ -272,6 +272,7 @@ class Node:
         if conn.rooms.pop(room, None) is None:
             return
         conn.catching_up.discard(room)
+        conn.drop_held(room)
         state = self.hub.rooms.get(room)
         if state is None or state.conns.pop(conn.id, None) is None:
             return
@@ -306,6 +307,8 @@ class Node:
                     conn.rooms[room] = message.seq
         finally:
             conn.catching_up.discard(room)
+            # What happened meanwhile follows the replay, before anything newer.
+            conn.flush_held(room)
 
     def _catch_up_later(self, conn: Connection, state: RoomState) -> None:
         if state.id in conn.catching_up:
@@ -594,6 +597,7 @@ class Node:
             # Out of the room at once: no further frame of it reaches this connection.
             conn.rooms.pop(room, None)
             conn.catching_up.discard(room)
+            conn.drop_held(room)
             state.conns.pop(conn.id, None)
             state.users[user] -= 1
             if state.users[user] <= 0:

@@ -7,11 +7,13 @@ process of the same service started with them (`tuned`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
@@ -164,6 +166,64 @@ async def test_join_ok_presence_then_replay(servers: Pair, alice: Api, bob: Api)
         assert not of_type(await settle(ws), "message")
     finally:
         await ws.close()
+
+
+async def seed(database_url: str, room: int, sender: int, count: int) -> None:
+    """Store `count` messages at once, straight into PostgreSQL (nobody is joined yet)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            last = await conn.fetchval(
+                "UPDATE rooms SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq",
+                room,
+                count,
+            )
+            await conn.execute(
+                "INSERT INTO messages (room_id, seq, sender_id, body)"
+                " SELECT $1, s, $2, 'seed ' || s FROM generate_series($3::bigint, $4::bigint) s",
+                room,
+                sender,
+                last - count + 1,
+                last,
+            )
+    finally:
+        await conn.close()
+
+
+async def test_join_order_holds_live_frames_until_replayed(
+    servers: Pair, database_url: str, alice: Api
+) -> None:
+    """Racing joins: each gets ok, presence, its whole replay, and only then live frames."""
+    room = await room_with(alice)
+    await seed(database_url, room, alice.user["id"], 300)
+    users = [await Api.new_user(alice.base_url, "j") for _ in range(5)]
+    try:
+        for user in users:
+            await user.join(room)
+        for _ in range(3):
+            sockets = [
+                await Ws.connect(servers[i % 2].ws_url, api.token)
+                for i, api in enumerate([alice, *users])
+            ]
+            try:
+
+                async def join(ws: Ws) -> list[str]:
+                    await ws.send({"type": "join", "ref": "j", "room": room, "since": 0})
+                    types: list[str] = []
+                    while types.count("message") < 300:
+                        types.append((await ws.recv())["type"])
+                    return types
+
+                # Everyone replays 300 messages while the others' presence_diffs fly.
+                for types in await asyncio.gather(*(join(ws) for ws in sockets)):
+                    assert types[:2] == ["ok", "presence"], types[:5]
+                    assert types[2:302] == ["message"] * 300, [t for t in types if t != "message"]
+            finally:
+                for ws in sockets:
+                    await ws.close()
+    finally:
+        for user in users:
+            await user.close()
 
 
 async def test_join_without_since_replays_nothing(server: ServerProcess, alice: Api) -> None:
