@@ -250,12 +250,22 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def latest(scenario: str, target: str = "chat") -> Path | None:
+    """The newest result file of a scenario and target."""
+    files = sorted((ROOT / "bench" / "results").glob(f"{scenario}-{target}-*-r*.json"))
+    return files[-1] if files else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.report")
     p.add_argument("files", nargs="*")
+    p.add_argument("--latest", action="store_true", help="the newest result of every scenario")
     p.add_argument("--compare", help="a *-summary-*.json from a multi-target run")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args()
+    if args.latest:
+        found = [latest(sc, t) for sc in ("S0", "S1", "S2", "S3", "S4") for t in ("chat", "raw")]
+        args.files += [str(f) for f in found if f is not None]
     for f in args.files:
         r = load(f)
         print(f"### {r['scenario']} {r['target']} ({f})\n")
