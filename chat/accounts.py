@@ -69,6 +69,8 @@ class Accounts:
             return False
 
     async def create_bot(self, owner: User, username: str) -> tuple[str, User]:
+        if owner.bot:
+            raise ChatError("forbidden", "a bot cannot create bots: its owner can")
         bot = await self.store.create_bot(username, owner.id)
         token, token_hash = new_token()
         await self.store.create_session(token_hash, bot.id, expires_idle=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -136,6 +137,28 @@ async def test_last_seq_and_unread_follow_the_read_position(
         assert (entry["last_seq"], entry["unread"]) == (6, 1)
     finally:
         await ws.close()
+
+
+async def test_own_messages_are_not_unread(
+    alice: Api, bob: Api, servers: tuple[ServerProcess, ServerProcess]
+) -> None:
+    """A sender's own messages, single or group-committed, never count as unread for them."""
+    room = await alice.create_room("own")
+    await bob.join(room["id"])
+    await bob.post(room["id"], "from bob")
+    await alice.post(room["id"], "from alice")
+    assert (await listed(alice))[room["id"]]["unread"] == 0
+    assert (await listed(bob))[room["id"]]["unread"] == 1
+    # Many at once on both processes go through group commit together.
+    alice_b = alice.on(servers[1].url)
+    try:
+        await asyncio.gather(
+            *(api.post(room["id"], f"burst {n}") for n in range(10) for api in (alice, alice_b))
+        )
+    finally:
+        await alice_b.close()
+    assert (await listed(alice))[room["id"]]["unread"] == 0
+    assert (await listed(bob))[room["id"]]["unread"] == 21
 
 
 async def test_history_before_joining_is_not_unread(alice: Api, bob: Api, carol: Api) -> None:

@@ -6,7 +6,7 @@ import json
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chat.protocol import (
@@ -133,7 +133,7 @@ def test_http_body_rules_match_the_frame_rules() -> None:
     assert decode_body(b'{"body": "ok"}', NewMessage).body == "ok"
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(JSON)
 def test_any_json_value_decodes_or_raises_frame_error(value: object) -> None:
     """Whatever JSON arrives, the decoder returns a frame or raises FrameError, nothing else."""
@@ -144,7 +144,7 @@ def test_any_json_value_decodes_or_raises_frame_error(value: object) -> None:
         pass
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=200))
 def test_any_bytes_decode_or_raise_frame_error(raw: bytes) -> None:
     """Arbitrary bytes (invalid UTF-8 included) never escape as another exception."""
@@ -157,7 +157,7 @@ def test_any_bytes_decode_or_raise_frame_error(raw: bytes) -> None:
 FRAME_TYPES = ["hello", "join", "leave", "send", "edit", "delete", "typing", "read", "ping"]
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(FRAME_TYPES),
     st.dictionaries(

@@ -10,10 +10,17 @@ WITH allowed AS (
     UPDATE rooms SET last_seq = last_seq + 1
     WHERE id = $1 AND EXISTS (SELECT 1 FROM allowed)
     RETURNING last_seq
+), inserted AS (
+    INSERT INTO messages (room_id, seq, sender_id, body, client_id)
+    SELECT $1, last_seq, $2, $3, $4 FROM bumped
+    RETURNING id, seq, created_at
+), own_read AS (
+    -- A sender has read their own message: it never counts as unread for them.
+    UPDATE members SET read_seq = inserted.seq
+    FROM inserted
+    WHERE members.room_id = $1 AND members.user_id = $2 AND members.read_seq < inserted.seq
 )
-INSERT INTO messages (room_id, seq, sender_id, body, client_id)
-SELECT $1, last_seq, $2, $3, $4 FROM bumped
-RETURNING id, seq, created_at;
+SELECT id, seq, created_at FROM inserted;
 
 -- name: message_by_client_id
 SELECT m.id, m.room_id, m.seq, m.body, m.client_id, m.created_at, m.edited_at, m.deleted,
@@ -110,6 +117,11 @@ WITH input AS (
     INSERT INTO messages (room_id, seq, sender_id, body, client_id)
     SELECT room_id, seq, sender_id, body, client_id FROM numbered
     RETURNING id, room_id, seq, created_at
+), own_read AS (
+    -- A sender has read their own messages: they never count as unread for them.
+    UPDATE members m SET read_seq = n.seq
+    FROM (SELECT room_id, sender_id, max(seq) AS seq FROM numbered GROUP BY room_id, sender_id) n
+    WHERE m.room_id = n.room_id AND m.user_id = n.sender_id AND m.read_seq < n.seq
 )
 SELECT n.ord, ins.id, ins.seq, ins.created_at
 FROM numbered n JOIN inserted ins ON ins.room_id = n.room_id AND ins.seq = n.seq;
