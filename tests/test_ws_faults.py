@@ -84,7 +84,13 @@ async def cluster(
     server_env: dict[str, str], redis_server: RedisServer
 ) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
     """Two processes of one service on the private Redis and the run's database."""
-    env = {**server_env, "REDIS_URL": redis_server.url, "GRACEFUL_SHUTDOWN": "5"}
+    env = {
+        **server_env,
+        "REDIS_URL": redis_server.url,
+        "GRACEFUL_SHUTDOWN": "5",
+        # A dead process's users leave presence within this many seconds.
+        "PRESENCE_TTL": "3",
+    }
     a, b = ServerProcess(env, "fa"), ServerProcess(env, "fb")
     try:
         await asyncio.gather(a.start(), b.start())
@@ -254,17 +260,22 @@ async def test_server_killed_clients_resume_on_the_other(cluster: Pair) -> None:
     owner = await Api.new_user(a.url, "owner")
     owner_b = owner.on(b.url)
     room = (await owner.create_room("kill"))["id"]
-    users = await crowd(owner, room, 3)
+    users = await crowd(owner, room, 4)
     followers = [
         Follower([a.ws_url, b.ws_url], owner.token, room),
         Follower([a.ws_url, b.ws_url], users[0].token, room),
         Follower([b.ws_url, a.ws_url], users[1].token, room),
         Follower([b.ws_url, a.ws_url], users[2].token, room),
     ]
+    # Connected to a only and never back: the process's death takes it out of presence.
+    lurker = await Ws.connect(a.ws_url, users[3].token)
+    watcher = await Ws.connect(b.ws_url, owner.token)
     stop = asyncio.Event()
     try:
         for follower in followers:
             await follower.joined()
+        await lurker.join(room)
+        await watcher.join(room)
         senders = [
             asyncio.create_task(
                 sender([a.ws_url, b.ws_url], users[0].token, room, "s0", stop, 0.06)
@@ -290,8 +301,21 @@ async def test_server_killed_clients_resume_on_the_other(cluster: Pair) -> None:
             await follower.wait_for(len(history), timeout=20)
             assert_log(follower.log, history)
         assert all(f.url == b.ws_url for f in followers[:2])
+        # The dead process's users leave presence on their own (PRESENCE_TTL is 3 s here).
+        while True:
+            diff = await watcher.expect("presence_diff", timeout=10, skip=("message",))
+            if diff["leaves"] == [users[3].user]:
+                break
+        online = await owner_b.request("GET", f"/api/rooms/{room}/presence", 200)
+        assert users[3].user not in online["online"]
+        assert {u["id"] for u in online["online"]} == {
+            owner.user["id"],
+            *(u.user["id"] for u in users[:3]),
+        }
     finally:
         stop.set()
+        await lurker.close()
+        await watcher.close()
         for follower in followers:
             await follower.close()
         for api in (owner, owner_b, *users):
