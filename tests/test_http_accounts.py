@@ -262,6 +262,17 @@ async def test_bot_username_follows_the_user_rules(alice: Api, anon: Api) -> Non
     assert error(await sign_up(anon, bot.upper())) == (409, "conflict")
 
 
+async def test_a_bot_cannot_create_bots(alice: Api) -> None:
+    """A bot's token cannot make more bots: only a user owns bots."""
+    bot = await alice.request("POST", "/api/bots", 201, json={"username": unique("maker")})
+    bot_api = Api(alice.base_url, bot["token"], bot["user"])
+    try:
+        r = await bot_api.raw("POST", "/api/bots", json={"username": unique("child")})
+        assert error(r) == (403, "forbidden")
+    finally:
+        await bot_api.close()
+
+
 async def test_bot_needs_a_logged_in_owner(anon: Api) -> None:
     """POST /api/bots without a token is 401."""
     r = await anon.raw("POST", "/api/bots", json={"username": unique("orphan")})
