@@ -13,7 +13,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: help run test test-browser lint fmt migrate services clean
+.PHONY: help run test test-browser lint fmt migrate services clean audit
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -68,3 +68,7 @@ test-browser: $(VENV)/.installed-browser  ## the end-to-end tests in headless Ch
 clean:  ## remove caches and coverage data (keeps .venv and the data in .data/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache htmlcov build *.egg-info .coverage .coverage.*
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+audit: $(VENV)/.installed-dev  ## check the installed dependencies against PyPI's vulnerability data (needs pypi.org)
+	$(PIP) "pip-audit>=2.7"
+	$(VENV)/bin/pip-audit --skip-editable --strict
