@@ -14,8 +14,11 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -354,6 +357,9 @@ def origin_allowed(websocket: WebSocket, allowed: tuple[str, ...]) -> bool:
 async def websocket_endpoint(websocket: WebSocket) -> None:
     settings = _settings(websocket)
     node = _node(websocket)
+    if node.draining:
+        await _deny(websocket, "unavailable", "the server is restarting: connect again")
+        return
     if not origin_allowed(websocket, settings.allowed_origins):
         log.info("websocket refused: origin not allowed")
         await _deny(websocket, "forbidden", "this origin may not open a WebSocket here")
@@ -523,9 +529,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await node.start()
         app.state.node = node
         log.info("ready", extra={"origin": origin, "broker": type(broker).__name__})
+        restore = _drain_on_signals(node, settings)
         try:
             yield
         finally:
+            restore()
             await node.stop()
             await store.close()
 
@@ -562,6 +570,51 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings.handshake_rate, max(1, int(settings.handshake_rate * 2))
     )
     return app
+
+
+def _drain_on_signals(node: Node, settings: Settings) -> Callable[[], None]:
+    """On SIGTERM or SIGINT, drain the node's WebSockets, then hand the signal to the server.
+
+    uvicorn answers SIGTERM by writing a 1012 close frame on each WebSocket and
+    closing the TCP connection at once; a client that is still sending gets a
+    reset, which can discard that frame unread, so it sees 1006 instead of 1012.
+    Draining first closes each one through the closing handshake (new handshakes
+    get 503 meanwhile); a second signal goes straight to the server. Returns a
+    function that puts the server's own handlers back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal handlers belong to the main thread
+    loop = asyncio.get_running_loop()
+    timeout = min(settings.graceful_shutdown / 2, CLOSE_GRACE + 1)
+    handlers: dict[int, Callable[[int, FrameType | None], Any]] = {}
+    # The drain task, referenced so that it is not collected while it runs.
+    running: set[asyncio.Task[None]] = set()
+
+    async def drain_then(signum: int) -> None:
+        try:
+            await node.drain(timeout)
+        finally:
+            handlers[signum](signum, None)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if node.draining:
+            handlers[signum](signum, frame)
+            return
+        node.draining = True
+        loop.call_soon_threadsafe(lambda: running.add(asyncio.ensure_future(drain_then(signum))))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        current = signal.getsignal(sig)
+        if callable(current):  # the server's handler (not SIG_DFL or SIG_IGN)
+            handlers[sig] = current
+            signal.signal(sig, on_signal)
+
+    def restore() -> None:
+        for sig, handler in handlers.items():
+            if signal.getsignal(sig) is on_signal:
+                signal.signal(sig, handler)
+
+    return restore
 
 
 async def _connect_store(settings: Settings) -> Store:

@@ -90,6 +90,10 @@ class Node:
         self.presence: dict[tuple[int, int], PresenceEntry] = {}
         # Background loops and fire-and-forget tasks, cancelled on stop.
         self.tasks: set[asyncio.Task[None]] = set()
+        # Set by `drain` at shutdown: connections are closed and new ones refused.
+        self.draining = False
+        # Set once draining and the last connection has gone.
+        self._drained = asyncio.Event()
 
     # -- life cycle -----------------------------------------------------------
 
@@ -112,6 +116,25 @@ class Node:
             except Exception:
                 break
         await self.broker.disconnect()
+
+    async def drain(self, timeout: float) -> None:
+        """Close every connection with 1012 and wait (up to `timeout`) until they are gone.
+
+        Run at shutdown before the server's own teardown, which writes a close frame
+        and cuts the TCP connection at once: a client still sending then gets a reset
+        that can discard the frame unread (it sees 1006). Closed here, each goes
+        through its writer (what is queued, then the close frame) and the closing
+        handshake.
+        """
+        self.draining = True
+        for conn in list(self.hub.connections.values()):
+            conn.close(Close.RESTART, "server restarting")
+        if not self.hub.connections:
+            self._drained.set()
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except TimeoutError:
+            log.warning("drain timed out", extra={"open": len(self.hub.connections)})
 
     def _channel(self, room: int) -> str:
         return f"{self.prefix}:room:{room}"
@@ -136,11 +159,15 @@ class Node:
         self.hub.add(conn)
         self.limits[conn.id] = Limits(self.settings)
         metrics.CONNECTIONS.inc()
+        if self.draining:
+            conn.close(Close.RESTART, "server restarting")  # its hello raced the shutdown
 
     async def detach(self, conn: Connection) -> None:
         self.hub.remove(conn)
         self.limits.pop(conn.id, None)
         metrics.CONNECTIONS.dec()
+        if self.draining and not self.hub.connections:
+            self._drained.set()
         for room in list(conn.rooms):
             await self._leave_room(conn, room)
 
