@@ -526,16 +526,40 @@ class Node:
                 state.target = max(state.target, last)
                 self._fill_later(state, grace=False)
 
+    async def _recheck_access(self) -> None:
+        """Apply removals and log-outs whose broadcast was lost with the broker link.
+
+        Run before a fill delivers what was stored meanwhile, so a removed member
+        gets none of it.
+        """
+        pairs = {
+            (room, c.user.id) for room, st in self.hub.rooms.items() for c in st.conns.values()
+        }
+        if pairs:
+            members = await self.store.memberships(
+                sorted({room for room, _ in pairs}), sorted({user for _, user in pairs})
+            )
+            for room, user in sorted(pairs - members):
+                self._kick(room, user)
+        tokens = {conn.token_hash for conn in self.hub.connections.values()}
+        if tokens:
+            for token_hash in tokens - await self.store.live_sessions(sorted(tokens)):
+                self._close_token(token_hash)
+
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reconcile_interval)
             try:
+                if not self.broker.connected:
+                    # Deaf to removals and log-outs too while the link is down.
+                    await self._recheck_access()
                 await self._reconcile()
             except ChatError:
                 pass  # PostgreSQL is away; the next round tries again
 
     async def _resync_all(self) -> None:
-        """After a broker reconnect: whatever was published meanwhile is lost, so re-read.
+        """After a broker reconnect: whatever was published meanwhile is lost, so re-read
+        the messages, memberships and sessions from PostgreSQL.
 
         A restarted Redis lost this process's presence entries too: they are put
         back now rather than at the next refresh, up to `presence_ttl / 3` later.
@@ -544,6 +568,7 @@ class Node:
         await self._refresh_presence()
         for attempt in range(50):
             try:
+                await self._recheck_access()
                 await self._reconcile()
                 return
             except ChatError:

@@ -43,6 +43,8 @@ Q_CREATE_DM = QUERIES["create_dm"]
 Q_DM_ROOM_ID = QUERIES["dm_room_id"]
 Q_SET_READ = QUERIES["set_read"]
 Q_LAST_SEQS = QUERIES["last_seqs"]
+Q_MEMBERSHIPS = QUERIES["memberships"]
+Q_LIVE_SESSIONS = QUERIES["live_sessions"]
 Q_INSERT_MESSAGE = QUERIES["insert_message"]
 Q_MESSAGE_BY_CLIENT_ID = QUERIES["message_by_client_id"]
 Q_MESSAGES_AFTER = QUERIES["messages_after"]
@@ -272,6 +274,18 @@ class Store:
         async with self._conn() as conn:
             rows = await conn.fetch(Q_LAST_SEQS, list(rooms))
         return {r["id"]: r["last_seq"] for r in rows}
+
+    async def memberships(self, rooms: Sequence[int], users: Sequence[int]) -> set[tuple[int, int]]:
+        """The (room, user) pairs among `rooms` x `users` that are memberships."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(Q_MEMBERSHIPS, list(rooms), list(users))
+        return {(r["room_id"], r["user_id"]) for r in rows}
+
+    async def live_sessions(self, token_hashes: Sequence[bytes]) -> set[bytes]:
+        """The token hashes among these that still have a session."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(Q_LIVE_SESSIONS, list(token_hashes))
+        return {bytes(r["token_hash"]) for r in rows}
 
     # -- messages -----------------------------------------------------------
 

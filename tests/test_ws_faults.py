@@ -458,3 +458,47 @@ async def test_unpublished_message_arrives_within_10s(
     finally:
         for ws in clients:
             await ws.close()
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(120)
+async def test_logout_and_removal_during_redis_outage(
+    cluster: Pair, redis_server: RedisServer
+) -> None:
+    """A log-out or a removal while Redis is down still reaches the other process."""
+    a, b = cluster
+    owner = await Api.new_user(a.url, "owner")
+    member = await Api.new_user(a.url, "member")
+    leaver = await Api.new_user(a.url, "leaver")
+    room = (await owner.create_room("outage", private=True))["id"]
+    await owner.add(room, member.username)
+    await owner.add(room, leaver.username)
+    on_b = await Ws.connect(b.ws_url, leaver.token)  # its token is revoked during the outage
+    removed = await Ws.connect(b.ws_url, member.token)  # removed from the room meanwhile
+    witness = await Ws.connect(b.ws_url, owner.token)
+    try:
+        for ws in (on_b, removed, witness):
+            await ws.join(room)
+        await redis_server.kill()
+        await leaver.request("DELETE", "/api/sessions/current", 204)
+        await owner.request("DELETE", f"/api/rooms/{room}/members/{member.username}", 204)
+        await owner.post(room, "during the outage")
+        # The witness on b gets it from PostgreSQL; the removed member must not.
+        (got,) = await witness.messages(room, 1, timeout=15)
+        assert got["body"] == "during the outage"
+        await redis_server.start()
+        assert await on_b.close_code(timeout=15) == 4001
+        await owner.post(room, "after the outage")
+        (got,) = await witness.messages(room, 1, timeout=15)
+        assert got["body"] == "after the outage"
+        frames = []
+        while not removed.frames.empty():
+            frames.append(removed.frames.get_nowait())
+        assert not [f for f in frames if f["type"] == "message"], frames
+        refused = await removed.call({"type": "join", "room": room})
+        assert refused["type"] == "error" and refused["code"] == "forbidden"
+    finally:
+        for ws in (on_b, removed, witness):
+            await ws.close()
+        for api in (owner, member, leaver):
+            await api.close()

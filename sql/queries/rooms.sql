@@ -76,3 +76,9 @@ RETURNING m.read_seq;
 -- name: last_seqs
 -- The newest seq of many rooms in one round trip: catches messages whose publish was lost.
 SELECT id, last_seq FROM rooms WHERE id = ANY($1::bigint[]);
+
+-- name: memberships
+-- Which of these rooms and users still go together: re-read when the broker link was
+-- down, since a removal published meanwhile never arrived.
+SELECT room_id, user_id FROM members
+WHERE room_id = ANY($1::bigint[]) AND user_id = ANY($2::bigint[]);

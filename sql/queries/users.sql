@@ -42,3 +42,8 @@ FROM s JOIN users u ON u.id = s.user_id;
 
 -- name: delete_session
 DELETE FROM sessions WHERE token_hash = $1 RETURNING user_id;
+
+-- name: live_sessions
+-- Which of these tokens still have a session: re-read when the broker link was down,
+-- since a log-out published meanwhile never arrived.
+SELECT token_hash FROM sessions WHERE token_hash = ANY($1::bytea[]);
