@@ -125,6 +125,24 @@ async def reset_redis() -> None:
         await r.aclose()
 
 
+async def postgres_pids() -> list[int]:
+    """The PostgreSQL backends serving the bench database (their CPU is the server's too)."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(db_url(DB_NAME))
+    except Exception:
+        return []
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            DB_NAME,
+        )
+        return [r["pid"] for r in rows]
+    finally:
+        await conn.close()
+
+
 async def redis_cpu() -> float:
     import redis.asyncio as aioredis
 
@@ -554,11 +572,14 @@ class Run:
         await asyncio.sleep(max(0, (t0 - time.monotonic_ns()) / 1e9))
         cpu0, wcpu0, rcpu0 = self.server_cpu(), self.worker_cpu(), await redis_cpu()
         busy0, _ = machine_busy()
+        pg_pids = await postgres_pids() if self.target == "chat" else []
+        pg0 = {pid: proc_cpu_seconds(pid) for pid in pg_pids}
         for w in self.workers:
             await w.expect("step_done", timeout=seconds + 60)
         step_end = t0 + int(seconds * 1e9)
         cpu1, wcpu1, rcpu1 = self.server_cpu(), self.worker_cpu(), await redis_cpu()
         busy1, _ = machine_busy()
+        pg_cpu = sum(max(0.0, proc_cpu_seconds(pid) - c) for pid, c in pg0.items())
         rss = self.server_rss()
         # Drain: wait for the acks and the deliveries of this step (bounded).
         drain_start = time.monotonic()
@@ -614,11 +635,14 @@ class Run:
             "generator_cpu_s": round(wcpu1 - wcpu0, 3),
             "generator_cpu_pct": round(100 * (wcpu1 - wcpu0) / seconds, 1),
             "redis_cpu_s": round(rcpu1 - rcpu0, 3),
+            # The PostgreSQL backends of the bench database (our server only).
+            "postgres_cpu_s": round(pg_cpu, 3),
+            "postgres_cpu_pct": round(100 * pg_cpu / seconds, 1),
             # Everything the machine ran meanwhile (2 cores = 200%), ours and other people's.
             "machine_busy_pct": round(100 * (busy1 - busy0) / seconds, 1),
             "others_cpu_pct": round(
                 100
-                * ((busy1 - busy0) - (cpu1 - cpu0) - (wcpu1 - wcpu0) - (rcpu1 - rcpu0))
+                * ((busy1 - busy0) - (cpu1 - cpu0) - (wcpu1 - wcpu0) - (rcpu1 - rcpu0) - pg_cpu)
                 / seconds,
                 1,
             ),
@@ -638,7 +662,8 @@ class Run:
             f"{lat_s.get('p99_ms', '-')} p99.9 {lat_s.get('p99_9_ms', '-')} ms"
             + (f"; ack p99 {ack_s.get('p99_ms')} ms" if ack_s.get("count") else "")
             + f"; server cpu {result['server_cpu_pct']}%, gen cpu {result['generator_cpu_pct']}%"
-            + f", machine {result['machine_busy_pct']}%"
+            + (f", postgres {result['postgres_cpu_pct']}%" if pg_cpu else "")
+            + f", machine {result['machine_busy_pct']}% (others {result['others_cpu_pct']}%)"
             + (f"; OUTSTANDING {outstanding}" if outstanding else "")
         )
         return result
@@ -830,8 +855,18 @@ class Run:
 
     async def integrity(self, slow: float) -> None:
         """Lost, repeated and out-of-order deliveries; PostgreSQL for our server."""
-        # Give late deliveries a moment, let slow consumers read what they were sent.
-        await asyncio.sleep(1.0)
+        # Late deliveries: wait until nothing more arrives for 2 s (at most --final-wait s).
+        t = time.monotonic()
+        last, still = -1, 0
+        while time.monotonic() - t < self.args.final_wait:
+            await self.poll()
+            recv = sum(w.progress.get("recv", 0) for w in self.workers)
+            still = still + 1 if recv == last else 0
+            if still >= 10:
+                break
+            last = recv
+            await asyncio.sleep(0.2)
+        self.result["final_wait_s"] = round(time.monotonic() - t, 1)
         if slow:
             for w in self.workers:
                 await w.send({"cmd": "resume"})
@@ -1074,6 +1109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--body-size", type=int, default=100, help="message body characters (>= 40)")
     p.add_argument("--connect-concurrency", type=int, default=64)
     p.add_argument("--drain", type=float, default=5.0, help="max seconds to wait after a step")
+    p.add_argument(
+        "--final-wait", type=float, default=30.0, help="max seconds for late deliveries at the end"
+    )
     p.add_argument("--settle", type=float, default=3.0, help="seconds before measuring memory")
     p.add_argument("--server-cpus", help="taskset CPU list for the server processes")
     p.add_argument("--worker-cpus", help="taskset CPU list for the generator workers")
