@@ -1,0 +1,202 @@
+"""The HTTP half of the client: accounts, bots, rooms and history over `httpx`.
+
+`HttpApi` is one user's view of the API (a token and a connection pool); the
+module-level functions are one-shot conveniences for scripts. Every error body
+becomes a `ServerError` with the contract's code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import msgspec
+
+from ..protocol import (
+    ErrorOut,
+    Message,
+    MessageOut,
+    MessagesOut,
+    Room,
+    RoomOut,
+    RoomsOut,
+    RoomSummary,
+    SessionOut,
+    User,
+    UserOut,
+)
+from .errors import ServerError
+
+T = TypeVar("T")
+
+
+def http_base(url: str) -> str:
+    """`http://host:port` for any of `http(s)://host:port[/]` or `ws(s)://host:port/ws`."""
+    parts = urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http(s):// or ws(s):// URL, got {url!r}")
+    path = parts.path.rstrip("/")
+    path = path.removesuffix("/ws")
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def ws_url(url: str) -> str:
+    """The WebSocket endpoint (`ws(s)://host:port/ws`) of a server's URL."""
+    base = urlsplit(http_base(url))
+    scheme = "wss" if base.scheme == "https" else "ws"
+    return urlunsplit((scheme, base.netloc, base.path + "/ws", "", ""))
+
+
+class HttpApi:
+    """One user's view of the HTTP API; `token` may be set later (by `log_in`)."""
+
+    def __init__(self, url: str, token: str | None = None, *, timeout: float = 10.0) -> None:
+        # The server's base URL, `http(s)://host:port`.
+        self.url = http_base(url)
+        # The bearer token of the user, once known.
+        self.token = token
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+
+    async def __aenter__(self) -> HttpApi:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, int] | None = None
+    ) -> bytes:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        content = None
+        if json is not None:
+            content = msgspec.json.encode(json)
+            headers["Content-Type"] = "application/json"
+        response = await self._http.request(
+            method, path, content=content, params=params, headers=headers
+        )
+        if response.status_code >= 400:
+            try:
+                error = msgspec.json.decode(response.content, type=ErrorOut).error
+                code, message = error.code, error.message
+            except msgspec.DecodeError:
+                code, message = "internal", response.text[:200] or response.reason_phrase
+            raise ServerError(code, message, response.status_code)
+        return response.content
+
+    async def _call(
+        self,
+        type_: type[T],
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, int] | None = None,
+    ) -> T:
+        content = await self._request(method, path, json=json, params=params)
+        return msgspec.json.decode(content, type=type_)
+
+    async def sign_up(self, username: str, password: str) -> User:
+        """Create an account; `ServerError` `conflict` when the name is taken."""
+        body = {"username": username, "password": password}
+        out = await self._call(UserOut, "POST", "/api/users", json=body)
+        return out.user
+
+    async def log_in(self, username: str, password: str) -> SessionOut:
+        """Open a session; this `HttpApi` uses its token from now on."""
+        body = {"username": username, "password": password}
+        out = await self._call(SessionOut, "POST", "/api/sessions", json=body)
+        self.token = out.token
+        return out
+
+    async def log_out(self) -> None:
+        """Revoke this token; its WebSockets are closed with 4001."""
+        await self._request("DELETE", "/api/sessions/current")
+
+    async def create_bot(self, username: str) -> SessionOut:
+        """A bot account owned by this user, with its own token."""
+        return await self._call(SessionOut, "POST", "/api/bots", json={"username": username})
+
+    async def create_room(self, name: str, private: bool = False) -> Room:
+        body = {"name": name, "private": private}
+        out = await self._call(RoomOut, "POST", "/api/rooms", json=body)
+        return out.room
+
+    async def rooms(self) -> list[RoomSummary]:
+        out = await self._call(RoomsOut, "GET", "/api/rooms")
+        return out.rooms
+
+    async def join_room(self, room: int) -> Room:
+        """Become a member of a public room (joining it on a WebSocket does that too)."""
+        out = await self._call(RoomOut, "POST", f"/api/rooms/{room}/join")
+        return out.room
+
+    async def add_member(self, room: int, username: str) -> Room:
+        body = {"username": username}
+        out = await self._call(RoomOut, "POST", f"/api/rooms/{room}/members", json=body)
+        return out.room
+
+    async def history(
+        self,
+        room: int,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 50,
+    ) -> list[Message]:
+        """Stored messages, ascending: the newest (below `before`), or the oldest above `after`."""
+        params = {"limit": limit}
+        if before is not None:
+            params["before"] = before
+        if after is not None:
+            params["after"] = after
+        out = await self._call(MessagesOut, "GET", f"/api/rooms/{room}/messages", params=params)
+        return out.messages
+
+    async def post(self, room: int, body: str, client_id: str | None = None) -> Message:
+        """Send a message over HTTP (the same as a WebSocket send, fan-out included)."""
+        payload: dict[str, str] = {"body": body}
+        if client_id is not None:
+            payload["client_id"] = client_id
+        out = await self._call(MessageOut, "POST", f"/api/rooms/{room}/messages", json=payload)
+        return out.message
+
+
+# One-shot conveniences: each opens and closes its own connection pool.
+
+
+async def sign_up(url: str, username: str, password: str) -> User:
+    async with HttpApi(url) as api:
+        return await api.sign_up(username, password)
+
+
+async def log_in(url: str, username: str, password: str) -> SessionOut:
+    async with HttpApi(url) as api:
+        return await api.log_in(username, password)
+
+
+async def create_bot(url: str, token: str, username: str) -> SessionOut:
+    async with HttpApi(url, token) as api:
+        return await api.create_bot(username)
+
+
+async def create_room(url: str, token: str, name: str, private: bool = False) -> Room:
+    async with HttpApi(url, token) as api:
+        return await api.create_room(name, private)
+
+
+async def history(
+    url: str,
+    token: str,
+    room: int,
+    *,
+    before: int | None = None,
+    after: int | None = None,
+    limit: int = 50,
+) -> list[Message]:
+    async with HttpApi(url, token) as api:
+        return await api.history(room, before=before, after=after, limit=limit)
