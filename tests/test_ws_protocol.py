@@ -119,7 +119,7 @@ async def test_no_hello_in_time_4001(tuned: ServerProcess) -> None:
     "first",
     ['{"type": "ping", "ref": 1}', '{"type": "join", "room": 1}', "not json", '{"token": "x"}'],
 )
-async def test_anything_but_hello_first_4001(server: ServerProcess, alice: Api, first: str) -> None:
+async def test_anything_but_hello_first_4001(server: ServerProcess, first: str) -> None:
     """Another frame, or one that is not JSON, before `welcome` closes the connection with 4001."""
     ws = await Ws.connect(server.ws_url)
     await ws.send(first)
