@@ -44,6 +44,9 @@ class Connection:
         self.rooms: dict[int, int] = {}
         # Rooms being replayed from PostgreSQL: the live path skips them meanwhile.
         self.catching_up: set[int] = set()
+        # Room id -> times this connection left it: a replay started before a leave
+        # (and a rejoin) sees the number change and stops without touching the rejoin.
+        self.epochs: Counter[int] = Counter()
         # Frames without a seq (edits, typing, presence) of rooms being replayed, held
         # until the replay is done: after a join the order is ok, presence, replay, live.
         self.held: dict[int, list[tuple[str, bool]]] = {}
@@ -104,12 +107,22 @@ class Connection:
         for text, ephemeral in self.held.pop(room, ()):
             self.push(text, ephemeral)
 
-    def drop_held(self, room: int) -> None:
+    def forget(self, room: int) -> bool:
+        """Out of `room` at once: no frame of it reaches this connection any more."""
+        if self.rooms.pop(room, None) is None:
+            return False
+        self.catching_up.discard(room)
         self.held.pop(room, None)
+        self.epochs[room] += 1
+        return True
 
     async def put(self, text: str) -> bool:
         """Queue a frame, waiting for room instead of overflowing (replays, replies)."""
-        size = len(text)
+        await self.room_for(len(text))
+        return self.push(text)
+
+    async def room_for(self, size: int) -> None:
+        """Wait until a frame of `size` fits in the queue (or the connection is closing)."""
         while (
             self.close_code is None
             and self.queue
@@ -117,7 +130,6 @@ class Connection:
         ):
             self.drained.clear()
             await self.drained.wait()
-        return self.push(text)
 
     def pop(self) -> str | None:
         if not self.queue:

@@ -65,6 +65,8 @@ log = logging.getLogger("chat.node")
 # Frames held ahead of a gap before the process gives up on the room and closes
 # its connections with 1012 (they resume with `since`).
 PENDING_LIMIT = 10000
+# Seconds between re-reads of memberships and sessions while the broker link is up.
+ACCESS_RECHECK = 30.0
 # Rows read per round when filling a gap or replaying to a connection.
 FILL_BATCH = 500
 
@@ -296,10 +298,8 @@ class Node:
             metrics.BROKER_ERRORS.inc()
 
     async def _leave_room(self, conn: Connection, room: int) -> None:
-        if conn.rooms.pop(room, None) is None:
+        if not conn.forget(room):
             return
-        conn.catching_up.discard(room)
-        conn.drop_held(room)
         state = self.hub.rooms.get(room)
         if state is None or state.conns.pop(conn.id, None) is None:
             return
@@ -317,9 +317,10 @@ class Node:
         frame falls between the replay and the live path.
         """
         room = state.id
+        epoch = conn.epochs[room]
         conn.catching_up.add(room)
         try:
-            while not conn.closing:
+            while not conn.closing and conn.epochs[room] == epoch:
                 last = conn.rooms.get(room)
                 if last is None or state.delivered is None or last >= state.delivered:
                     return
@@ -328,14 +329,19 @@ class Node:
                     conn.rooms[room] = max(conn.rooms.get(room, 0), state.delivered)
                     return
                 for message in rows:
-                    if conn.rooms.get(room) != message.seq - 1:
+                    text = encode_text(MessageFrame(room=room, message=message))
+                    await conn.room_for(len(text))
+                    # Checked after the wait, with no await before the push: another
+                    # replay or the live path may have moved the connection meanwhile.
+                    if conn.epochs[room] != epoch or conn.rooms.get(room) != message.seq - 1:
                         continue
-                    await conn.put(encode_text(MessageFrame(room=room, message=message)))
+                    conn.push(text)
                     conn.rooms[room] = message.seq
         finally:
-            conn.catching_up.discard(room)
-            # What happened meanwhile follows the replay, before anything newer.
-            conn.flush_held(room)
+            if conn.epochs[room] == epoch:  # else it left (and maybe rejoined) meanwhile
+                conn.catching_up.discard(room)
+                # What happened meanwhile follows the replay, before anything newer.
+                conn.flush_held(room)
 
     def _catch_up_later(self, conn: Connection, state: RoomState) -> None:
         if state.id in conn.catching_up:
@@ -547,12 +553,16 @@ class Node:
                 self._close_token(token_hash)
 
     async def _reconcile_loop(self) -> None:
+        rechecked = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.reconcile_interval)
             try:
-                if not self.broker.connected:
-                    # Deaf to removals and log-outs too while the link is down.
+                now = time.monotonic()
+                # Deaf to removals and log-outs while the link is down; and a process
+                # that died before publishing one is caught within ACCESS_RECHECK.
+                if not self.broker.connected or now - rechecked >= ACCESS_RECHECK:
                     await self._recheck_access()
+                    rechecked = now
                 await self._reconcile()
             except ChatError:
                 pass  # PostgreSQL is away; the next round tries again
@@ -646,10 +656,7 @@ class Node:
         text = encode_text(RemovedFrame(room=room))
         for conn in [c for c in state.conns.values() if c.user.id == user]:
             conn.push(text)
-            # Out of the room at once: no further frame of it reaches this connection.
-            conn.rooms.pop(room, None)
-            conn.catching_up.discard(room)
-            conn.drop_held(room)
+            conn.forget(room)
             state.conns.pop(conn.id, None)
             state.users[user] -= 1
             if state.users[user] <= 0:
