@@ -81,6 +81,12 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 
 _user_decoder = msgspec.json.Decoder(User)
 
+# Connections of the command pool. Beyond it a command waits for a free one (up to
+# POOL_WAIT seconds) instead of opening another: an unbounded pool grows to every
+# burst of concurrent joins and publishes and never shrinks.
+POOL_SIZE = 16
+POOL_WAIT = 5.0
+
 
 class RedisBroker(Broker):
     """Pub/sub and presence through one Redis server (or cluster)."""
@@ -92,12 +98,16 @@ class RedisBroker(Broker):
         self.origin = origin
         # Start of every key and channel name.
         self.prefix = prefix
-        # Commands (publish, scripts) on a small pool that retries briefly.
-        self.redis = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+        # Commands (publish, scripts) on a small bounded pool that retries briefly.
+        self.redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=POOL_SIZE,
+                timeout=POOL_WAIT,
+                socket_connect_timeout=2,
+                socket_timeout=5,
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+            )
         )
         # Every channel this process wants, whether or not the link is up now.
         self.channels: set[str] = {f"{prefix}:process:{origin}"}
@@ -152,9 +162,9 @@ class RedisBroker(Broker):
             )
             pubsub = client.pubsub()
             try:
-                channels = sorted(self.channels)
-                await pubsub.subscribe(*channels)
-                pending = set(channels)
+                wanted = set(self.channels)
+                await pubsub.subscribe(*sorted(wanted))
+                pending = set(wanted)
                 # Wait for every confirmation before saying the link is up.
                 while pending:
                     msg = await pubsub.get_message(timeout=5)
@@ -163,8 +173,19 @@ class RedisBroker(Broker):
                     self._handle(msg)
                     if msg["type"] == "subscribe":
                         pending.discard(_text(msg["channel"]))
+                    # subscribe() while the link is down only records the channel: those
+                    # recorded during this round join it (no await from here to `self.pubsub`).
+                    more = self.channels - wanted if not pending else set()
+                    if more:
+                        wanted |= more
+                        pending |= more
+                        await pubsub.subscribe(*sorted(more))
                 self.pubsub = pubsub
                 self.connected = True
+                # And those unsubscribed during the round leave it.
+                gone = wanted - self.channels
+                if gone:
+                    await pubsub.unsubscribe(*sorted(gone))
                 self.first_connect.set()
                 for channel in list(self.waiting):
                     if channel in self.channels:
