@@ -60,6 +60,7 @@ def serve(args: argparse.Namespace) -> None:
     port = args.port if args.port is not None else settings.port
     log.info("serving", extra={"host": host, "port": port, "env": settings.chat_env})
     os.environ["HANDSHAKE_TIMEOUT"] = str(settings.handshake_timeout)
+    from .closing import ClosingWebSocketProtocol
     from .handshake import DeadlineHttpProtocol
 
     uvicorn.run(
@@ -69,6 +70,7 @@ def serve(args: argparse.Namespace) -> None:
         port=port,
         workers=args.workers,
         http=DeadlineHttpProtocol,
+        ws=ClosingWebSocketProtocol,
         log_config=None,
         access_log=False,
         server_header=False,
