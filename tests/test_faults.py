@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import random
 import signal
 import tempfile
 import time
@@ -814,3 +815,114 @@ async def test_churn_leaves_no_residue(
         assert clients1 <= clients0 * 1.1, (clients0, clients1)
         assert rss1 <= rss0 * 1.1, (rss0, rss1)
         await api.close()
+
+
+# -- 5. Clients dropping at random and resuming on either process --------------------
+
+DROP_CLIENTS = 200
+DROP_USERS = 8
+DROP_ROOMS = 4
+DROP_SECONDS = 60
+DROP_RATE = 20
+
+
+@dataclass
+class DropStats:
+    """What the dropping clients went through."""
+
+    drops: int = 0
+    aborts: int = 0
+    resumes: int = 0
+    server_closes: int = 0
+
+
+async def dropping_client(
+    n: int,
+    procs: list[ServerProcess],
+    token: str,
+    rooms: list[int],
+    log: Log,
+    stop: asyncio.Event,
+    stats: DropStats,
+) -> Recorder:
+    """Connect, join with `since`, stay 1-5 s, drop for 1-5 s, again, until `stop`.
+
+    Returns the connection it holds, joined, once `stop` is set.
+    """
+    rng = random.Random(n)
+    while True:
+        ws = await Recorder.open(rng.choice(procs).ws_url, token, log)
+        for room in rooms:
+            await ws.join_since(room, log.last(room))
+        stats.resumes += 1
+        if stop.is_set():
+            return ws
+        closed = asyncio.ensure_future(ws.closed.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({closed, stopped}, timeout=rng.uniform(1, 5))
+        closed.cancel()
+        stopped.cancel()
+        if stop.is_set() and not ws.closed.is_set():
+            return ws
+        if ws.closed.is_set():
+            stats.server_closes += 1  # the server closed it: resume like after a drop
+        elif rng.random() < 0.5:
+            ws.abort()  # the network went away: no closing handshake
+            stats.aborts += 1
+        stats.drops += 1
+        await ws.close()
+        await asyncio.sleep(rng.uniform(1, 5))  # offline for a while
+
+
+@pytest.mark.timeout(240)
+async def test_random_drops_resume_without_gap_or_repeat(server_env: dict[str, str]) -> None:
+    """200 clients drop for 1-5 s and resume anywhere under traffic: logs equal PostgreSQL's."""
+    env = {**server_env, "MAX_CONNECTIONS_PER_USER": "1000"}
+    async with processes(env, "a", "b") as procs:
+        a, b = procs
+        owner = await Api.new_user(a.url, "drops")
+        owner_b = owner.on(b.url)
+        rooms = [(await owner.create_room(f"drops {i}"))["id"] for i in range(DROP_ROOMS)]
+        users = [await Api.new_user(a.url, "dropper") for _ in range(DROP_USERS)]
+        for user in users:
+            for room in rooms:
+                await user.join(room)
+        stop = asyncio.Event()
+        stats = DropStats()
+        logs = [Log() for _ in range(DROP_CLIENTS)]
+        # Client n follows two of the rooms.
+        mine = [[rooms[n % DROP_ROOMS], rooms[(n + 1) % DROP_ROOMS]] for n in range(DROP_CLIENTS)]
+        clients = [
+            asyncio.create_task(
+                dropping_client(
+                    n, procs, str(users[n % DROP_USERS].token), mine[n], logs[n], stop, stats
+                )
+            )
+            for n in range(DROP_CLIENTS)
+        ]
+        ended = asyncio.Event()
+        traffic = asyncio.create_task(post_paced([owner, owner_b], rooms, DROP_RATE, ended, "d"))
+        await asyncio.sleep(DROP_SECONDS)  # the length of the run
+        ended.set()
+        sent = await traffic
+        stop.set()
+        held = await asyncio.gather(*clients)
+        truth = await truth_of(owner, rooms)
+        assert sum(len(t) for t in truth.values()) == sent
+        deadline = time.monotonic() + 30
+        for n, log in enumerate(logs):
+            await log.reach({room: len(truth[room]) for room in mine[n]}, deadline)
+        for n, log in enumerate(logs):
+            for room in mine[n]:
+                assert_same_log(log.rooms[room], truth[room], f"client {n} room {room}")
+        print(
+            f"drops: {DROP_CLIENTS} clients, {sent} messages in {DROP_SECONDS} s; "
+            f"{stats.drops} drops ({stats.aborts} without a close), {stats.resumes} resumes, "
+            f"{stats.server_closes} closed by the server; "
+            f"{sum(len(r) for log in logs for r in log.rooms.values())} frames checked"
+        )
+        assert stats.drops >= DROP_CLIENTS * 2
+        for ws in held:
+            await ws.close()
+        for api in (owner, owner_b, *users):
+            await api.close()
