@@ -35,9 +35,6 @@ from .test_hardening import rss_kib
 from .test_http_messages import PrivatePostgres
 from .test_ws_faults import RedisServer
 
-pytestmark = pytest.mark.faults
-
-
 # -- private services -----------------------------------------------------------
 
 
@@ -323,6 +320,7 @@ async def _pubsub_faults(
     return stats
 
 
+@pytest.mark.faults
 @pytest.mark.timeout(90)
 async def test_pubsub_kill_resubscribes_and_loses_nothing(
     private_redis: PrivateRedis, server_env: dict[str, str]
@@ -334,6 +332,7 @@ async def test_pubsub_kill_resubscribes_and_loses_nothing(
     assert all(n >= 1 for n in stats["reconnects"]), stats
 
 
+@pytest.mark.faults
 @pytest.mark.timeout(90)
 async def test_pubsub_kill_churn_loses_nothing(
     private_redis: PrivateRedis, server_env: dict[str, str]
@@ -356,6 +355,7 @@ class HookedBroker(RedisBroker):
             hook()
 
 
+@pytest.mark.faults
 @pytest.mark.timeout(30)
 async def test_join_and_leave_during_resubscription(private_redis: PrivateRedis) -> None:
     """Channels taken or dropped while the pub/sub link comes back are right once it is up."""
@@ -427,6 +427,7 @@ async def _first_post(api: Api, room: int, label: str, deadline: float) -> float
     raise AssertionError(f"{label}: no successful POST by the deadline")
 
 
+@pytest.mark.faults
 @pytest.mark.timeout(120)
 async def test_postgres_crash_during_sends(
     embedded_postgres: PrivatePostgres, server_env: dict[str, str]
@@ -581,6 +582,7 @@ async def open_many(url: str, token: str, count: int, room: int, batch: int = 50
     return out
 
 
+@pytest.mark.faults
 @pytest.mark.timeout(120)
 async def test_sigterm_with_500_connections(server_env: dict[str, str]) -> None:
     """SIGTERM with 500 connections: exit within GRACEFUL_SHUTDOWN, all 1012, no acked send lost."""
@@ -722,6 +724,7 @@ async def churn(url: str, token: str, rooms: list[int], start: int, count: int) 
         await asyncio.gather(*(one(i) for i in range(first, first + CHURN_BATCH)))
 
 
+@pytest.mark.faults
 @pytest.mark.timeout(240)
 async def test_churn_leaves_no_residue(
     private_redis: PrivateRedis, server_env: dict[str, str]
@@ -839,6 +842,7 @@ async def dropping_client(
         await asyncio.sleep(rng.uniform(1, 5))  # offline for a while
 
 
+@pytest.mark.faults
 @pytest.mark.timeout(240)
 async def test_random_drops_resume_without_gap_or_repeat(server_env: dict[str, str]) -> None:
     """200 clients drop for 1-5 s and resume anywhere under traffic: logs equal PostgreSQL's."""
