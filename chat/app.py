@@ -522,7 +522,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         origin = new_origin()
         store = await _connect_store(settings)
-        broker = create_broker(settings.redis_url, origin, settings.redis_prefix)
+        broker = create_broker(
+            settings.redis_url, origin, settings.redis_prefix, settings.redis_cluster
+        )
         if not settings.redis_url:
             log.warning("no REDIS_URL: fanning out in-process; run one process only")
         node = Node(settings, store, broker, origin)

@@ -122,6 +122,8 @@ class Settings:
     redis_url: str | None = None
     # Prefix of every Redis key and channel, so several services can share one Redis.
     redis_prefix: str = "chat"
+    # REDIS_URL names one node of a Redis Cluster (the others are discovered).
+    redis_cluster: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
     allowed_origins: tuple[str, ...] = ()
@@ -235,6 +237,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "database_url": _url("postgres", "postgresql"),
     "redis_url": _url("redis", "rediss", "unix"),
     "redis_prefix": _prefix,
+    "redis_cluster": _bool,
     "host": _identity,
     "port": _int(0, 65535),
     "allowed_origins": _origins,

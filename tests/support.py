@@ -45,6 +45,8 @@ class ServerProcess:
         self.lines: list[str] = []
         self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        # Set (and replaced) whenever a line is logged, for wait_for_line.
+        self._new_line = asyncio.Event()
         self._exited = asyncio.Event()
 
     @property
@@ -96,12 +98,25 @@ class ServerProcess:
                 break
             text = line.decode(errors="replace").rstrip()
             self.lines.append(text)
+            self._new_line.set()
+            self._new_line = asyncio.Event()
             # uvicorn binds its socket after "Application startup complete": wait for that.
             if "Uvicorn running on" in text:
                 self._ready.set()
         proc.stdout.close()
         await asyncio.to_thread(proc.wait)
         self._exited.set()
+
+    async def wait_for_line(self, needle: str, timeout: float = 30) -> str:
+        """The first logged line containing `needle`, waiting for it if need be."""
+        async with asyncio.timeout(timeout):
+            seen = 0
+            while True:
+                for line in self.lines[seen:]:
+                    if needle in line:
+                        return line
+                seen = len(self.lines)
+                await self._new_line.wait()
 
     async def wait_exit(self, timeout: float = 30) -> int:
         await asyncio.wait_for(self._exited.wait(), timeout)

@@ -19,9 +19,11 @@ import asyncio
 import logging
 import random
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError
@@ -91,24 +93,41 @@ POOL_WAIT = 5.0
 class RedisBroker(Broker):
     """Pub/sub and presence through one Redis server (or cluster)."""
 
-    def __init__(self, url: str, origin: str, prefix: str = "chat") -> None:
+    def __init__(self, url: str, origin: str, prefix: str = "chat", cluster: bool = False) -> None:
         # The REDIS_URL; never logged, it may hold a password.
         self.url = url
+        # Redis Cluster: commands go through the cluster client (presence keys of a
+        # room share a hash tag, so each script runs on one node) and the pub/sub
+        # link is a plain connection to one node, since a PUBLISH on any node of a
+        # cluster reaches the subscribers of every node.
+        self.cluster: RedisCluster | None = None
+        # Where the pub/sub link goes: the URL's node, or in a cluster any known node.
+        self.pubsub_urls = [url]
         # This process's id: part of presence members and of its own channel.
         self.origin = origin
         # Start of every key and channel name.
         self.prefix = prefix
         # Commands (publish, scripts) on a small bounded pool that retries briefly.
-        self.redis = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
+        self.redis: Any
+        if cluster:
+            self.cluster = self.redis = RedisCluster.from_url(
                 url,
                 max_connections=POOL_SIZE,
-                timeout=POOL_WAIT,
                 socket_connect_timeout=2,
                 socket_timeout=5,
                 retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
             )
-        )
+        else:
+            self.redis = aioredis.Redis.from_pool(
+                aioredis.BlockingConnectionPool.from_url(
+                    url,
+                    max_connections=POOL_SIZE,
+                    timeout=POOL_WAIT,
+                    socket_connect_timeout=2,
+                    socket_timeout=5,
+                    retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+                )
+            )
         # Every channel this process wants, whether or not the link is up now.
         self.channels: set[str] = {f"{prefix}:process:{origin}"}
         # Channel -> futures of subscribe() calls waiting for Redis to confirm.
@@ -153,9 +172,13 @@ class RedisBroker(Broker):
     async def _run(self) -> None:
         delay = 0.05
         ever = False
+        attempt = 0
         while True:
+            attempt += 1
+            if self.cluster is not None:
+                await self._learn_nodes()
             client = aioredis.Redis.from_url(
-                self.url,
+                self.pubsub_urls[attempt % len(self.pubsub_urls)],
                 socket_connect_timeout=2,
                 health_check_interval=5,
                 retry=Retry(NoBackoff(), 0),
@@ -218,6 +241,24 @@ class RedisBroker(Broker):
                     await client.aclose()
                 except (RedisError, OSError):
                     pass
+
+    async def _learn_nodes(self) -> None:
+        """The cluster's nodes, for the pub/sub link to move to when its node is away."""
+        assert self.cluster is not None
+        try:
+            await self.cluster.initialize()
+        except (RedisError, OSError):
+            return  # keep the ones known; the URL's node is among them
+        parts = urlsplit(self.url)
+        urls = []
+        for node in self.cluster.get_nodes():
+            netloc = f"{node.host}:{node.port}"
+            if parts.username or parts.password:
+                netloc = parts.netloc.rsplit("@", 1)[0] + "@" + netloc
+            scheme = "rediss" if parts.scheme == "rediss" else "redis"
+            urls.append(urlunsplit((scheme, netloc, "", "", "")))
+        if urls:
+            self.pubsub_urls = urls
 
     def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
