@@ -143,6 +143,25 @@ async def postgres_pids() -> list[int]:
         await conn.close()
 
 
+async def postgres_commits() -> int:
+    """Transactions committed in the bench database so far (pg_stat_database.xact_commit)."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(db_url(DB_NAME))
+    except Exception:
+        return 0
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", DB_NAME
+            )
+            or 0
+        )
+    finally:
+        await conn.close()
+
+
 async def redis_cpu() -> float:
     import redis.asyncio as aioredis
 
@@ -574,12 +593,14 @@ class Run:
         busy0, _ = machine_busy()
         pg_pids = await postgres_pids() if self.target == "chat" else []
         pg0 = {pid: proc_cpu_seconds(pid) for pid in pg_pids}
+        commits0 = await postgres_commits() if self.target == "chat" else 0
         for w in self.workers:
             await w.expect("step_done", timeout=seconds + 60)
         step_end = t0 + int(seconds * 1e9)
         cpu1, wcpu1, rcpu1 = self.server_cpu(), self.worker_cpu(), await redis_cpu()
         busy1, _ = machine_busy()
         pg_cpu = sum(max(0.0, proc_cpu_seconds(pid) - c) for pid, c in pg0.items())
+        commits1 = await postgres_commits() if self.target == "chat" else 0
         rss = self.server_rss()
         # Drain: wait for the acks and the deliveries of this step (bounded).
         drain_start = time.monotonic()
@@ -638,6 +659,9 @@ class Run:
             # The PostgreSQL backends of the bench database (our server only).
             "postgres_cpu_s": round(pg_cpu, 3),
             "postgres_cpu_pct": round(100 * pg_cpu / seconds, 1),
+            # Transactions committed during the step (the bench's own queries add ~2; the
+            # statistics are flushed by PostgreSQL with a short delay, so this is approximate).
+            "postgres_commits": commits1 - commits0,
             # Everything the machine ran meanwhile (2 cores = 200%), ours and other people's.
             "machine_busy_pct": round(100 * (busy1 - busy0) / seconds, 1),
             "others_cpu_pct": round(
@@ -651,6 +675,8 @@ class Run:
             "t0_ns": t0,
             "end_ns": step_end,
         }
+        if result["postgres_commits"] > 0:
+            result["messages_per_commit"] = round(sends / result["postgres_commits"], 2)
         # Deliveries per server CPU-second: every delivery of this step's messages.
         if result["server_cpu_s"] > 0:
             result["deliveries_per_cpu_s"] = round(want / result["server_cpu_s"])
@@ -663,6 +689,11 @@ class Run:
             + (f"; ack p99 {ack_s.get('p99_ms')} ms" if ack_s.get("count") else "")
             + f"; server cpu {result['server_cpu_pct']}%, gen cpu {result['generator_cpu_pct']}%"
             + (f", postgres {result['postgres_cpu_pct']}%" if pg_cpu else "")
+            + (
+                f", {result['messages_per_commit']} msg/commit"
+                if result.get("messages_per_commit")
+                else ""
+            )
             + f", machine {result['machine_busy_pct']}% (others {result['others_cpu_pct']}%)"
             + (f"; OUTSTANDING {outstanding}" if outstanding else "")
         )
