@@ -85,6 +85,23 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def server_version() -> dict[str, Any]:
+    """The commit the servers ran from, and chat/ files changed on top of it (shared tree)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "chat_changes_not_committed": git("status", "--porcelain", "chat").splitlines(),
+    }
+
+
 def raise_nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -721,6 +738,7 @@ class Run:
             "repeat": self.repeat,
             "started": now_iso(),
             "machine": machine(),
+            "server_version": server_version(),
             "config": {
                 "rooms": rooms,
                 "members": members,
