@@ -114,6 +114,15 @@ def message_from_row(row: Any) -> Message:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release (`RESET ALL`, `UNLISTEN *`, ...).
+
+    No query here changes session state (no SET, LISTEN or cursor; the one
+    advisory lock, taken by migrate, is released in its `finally`), so the
+    reset only cost a round trip and a transaction per pool use.
+    """
+
+
 class Store:
     """The message store: every read and write of PostgreSQL goes through here."""
 
@@ -140,6 +149,7 @@ class Store:
             command_timeout=settings.db_command_timeout,
             timeout=settings.db_connect_timeout,
             max_inactive_connection_lifetime=60,
+            reset=_keep_session,
         )
         store = cls(pool, settings)
         if run_migrations:
