@@ -589,13 +589,20 @@ class Node:
     async def _presence_join(self, room: int, user: User, *, exclude: int) -> None:
         entry = PresenceEntry(room, user, encode(user).decode())
         self.presence[(room, user.id)] = entry
+        await self._presence_add(entry, exclude=exclude)
+
+    async def _presence_add(self, entry: PresenceEntry, *, exclude: int = 0) -> bool:
+        """Add or refresh an entry and announce who came or went; False if the broker failed."""
         try:
             joined, left = await self.broker.presence_add(entry, self.settings.presence_ttl)
         except Exception:
             metrics.BROKER_ERRORS.inc()
-            return
+            return False  # the refresh loop adds it once the broker is back
         if joined or left:
-            await self._presence_diff(room, [user] if joined else [], left, exclude=exclude)
+            await self._presence_diff(
+                entry.room, [entry.user] if joined else [], left, exclude=exclude
+            )
+        return True
 
     async def _presence_leave(self, room: int, user: User) -> None:
         entry = self.presence.pop((room, user.id), None)
@@ -638,13 +645,8 @@ class Node:
         for key, entry in list(self.presence.items()):
             if self.presence.get(key) is not entry:
                 continue  # left meanwhile
-            try:
-                joined, left = await self.broker.presence_add(entry, self.settings.presence_ttl)
-            except Exception:
-                metrics.BROKER_ERRORS.inc()
+            if not await self._presence_add(entry):
                 return
-            if joined or left:
-                await self._presence_diff(entry.room, [entry.user] if joined else [], left)
 
     # -- control across processes ---------------------------------------------
 

@@ -8,6 +8,7 @@ own, so runs never collide.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -29,10 +30,9 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
-@pytest.fixture(scope="session")
-async def database_url() -> AsyncIterator[str]:
-    """A fresh, empty database for this run, dropped afterwards."""
-    name = f"chat_test_{RUN}"
+@contextlib.asynccontextmanager
+async def fresh_database(name: str) -> AsyncIterator[str]:
+    """The URL of a database created empty under `name`, dropped afterwards."""
     admin = await asyncpg.connect(ADMIN_URL)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
@@ -40,6 +40,13 @@ async def database_url() -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    """A fresh, empty database for this run, dropped afterwards."""
+    async with fresh_database(f"chat_test_{RUN}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

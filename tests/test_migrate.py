@@ -21,7 +21,7 @@ import pytest
 from chat.migrate import migrate, pending
 from chat.sql import load_queries, migrations, parse_queries
 
-from .conftest import ADMIN_URL, REDIS_URL, with_database
+from .conftest import REDIS_URL, fresh_database
 from .support import ServerProcess
 
 MIGRATIONS = [(version, name) for version, name, _ in migrations()]
@@ -30,14 +30,8 @@ MIGRATIONS = [(version, name) for version, name, _ in migrations()]
 @pytest.fixture
 async def empty_database() -> AsyncIterator[str]:
     """The URL of a database created empty for this test, dropped after it."""
-    name = f"chat_migrate_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(ADMIN_URL, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with fresh_database(f"chat_migrate_{secrets.token_hex(4)}") as url:
+        yield url
 
 
 async def recorded(url: str) -> list[tuple[int, str]]:
