@@ -168,6 +168,9 @@ class Settings:
     # meanwhile wait and go together in the next batch (one statement, one commit).
     write_batches: int = 4
     write_batch_size: int = 500
+    # While a batch is in flight, new sends gather this long (seconds) before the next
+    # batch starts, instead of taking a free lane one by one.
+    write_batch_window: float = 0.002
 
     @property
     def production(self) -> bool:
@@ -273,4 +276,5 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "limit_concurrency": _int(1, 10000000),
     "write_batches": _int(1, 64),
     "write_batch_size": _int(1, 10000),
+    "write_batch_window": _float(0, 1),
 }

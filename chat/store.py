@@ -136,6 +136,9 @@ class Store:
         self._inflight = 0
         self._max_inflight = settings.write_batches
         self._batch_size = settings.write_batch_size
+        self._window = settings.write_batch_window
+        # The timer that ends a gathering window, while one runs.
+        self._gather: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -304,9 +307,11 @@ class Store:
     ) -> tuple[Message, bool] | None:
         """Store a message; (message, created). None if the sender is not a member.
 
-        Group commit: while `write_batches` batches are in flight, concurrent sends
-        queue up and go together in the next one: one statement, one commit, and
-        each caller still returns only after the commit that stored its message.
+        Group commit: with nothing in flight a send is stored at once; while a
+        batch is in flight, sends gather for `write_batch_window` (or until
+        `write_batch_size`, or until all `write_batches` lanes are busy, when they
+        wait for one) and go together: one statement, one commit, and each caller
+        still returns only after the commit that stored its message.
         """
         done: asyncio.Future[tuple[Message, bool] | None] = (
             asyncio.get_running_loop().create_future()
@@ -315,14 +320,33 @@ class Store:
         self._flush_more()
         return await done
 
-    def _flush_more(self) -> None:
+    def _flush_more(self, gathered: bool = False) -> None:
         while self._queue and self._inflight < self._max_inflight:
+            if (
+                not gathered
+                and self._inflight
+                and self._window > 0
+                and len(self._queue) < self._batch_size
+            ):
+                # A commit is under way: gather what arrives meanwhile into one batch.
+                if self._gather is None:
+                    self._gather = asyncio.get_running_loop().call_later(
+                        self._window, self._gathered
+                    )
+                return
+            if self._gather is not None:
+                self._gather.cancel()
+                self._gather = None
             batch = self._queue[: self._batch_size]
             del self._queue[: self._batch_size]
             self._inflight += 1
             task = asyncio.ensure_future(self._flush(batch))
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
+
+    def _gathered(self) -> None:
+        self._gather = None
+        self._flush_more(gathered=True)
 
     async def _flush(self, batch: list[_Send]) -> None:
         # A caller that gave up (its client left) before the batch ran stores nothing.
