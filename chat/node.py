@@ -106,8 +106,7 @@ class Node:
         self._spawn(self._presence_loop(), "presence")
 
     async def stop(self) -> None:
-        for conn in list(self.hub.connections.values()):
-            conn.close(Close.RESTART, "server restarting")
+        self._close_all()
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -129,14 +128,17 @@ class Node:
         handshake.
         """
         self.draining = True
-        for conn in list(self.hub.connections.values()):
-            conn.close(Close.RESTART, "server restarting")
+        self._close_all()
         if not self.hub.connections:
             self._drained.set()
         try:
             await asyncio.wait_for(self._drained.wait(), timeout)
         except TimeoutError:
             log.warning("drain timed out", extra={"open": len(self.hub.connections)})
+
+    def _close_all(self) -> None:
+        for conn in list(self.hub.connections.values()):
+            conn.close(Close.RESTART, "server restarting")
 
     def _channel(self, room: int) -> str:
         return f"{self.prefix}:room:{room}"
@@ -190,7 +192,7 @@ class Node:
                 await self._leave_room(conn, as_id(frame.room))
                 await conn.put(encode_text(Ok(ref=frame.ref)))
             case Typing():
-                self.typing(conn, as_id(frame.room))
+                await self.typing(conn, as_id(frame.room))
             case Read():
                 await self.read(conn.user, as_id(frame.room), frame.seq)
                 await conn.put(encode_text(Ok(ref=frame.ref)))
@@ -389,7 +391,7 @@ class Node:
             await self._check_access(room, user.id)
             raise forbidden()
 
-    def typing(self, conn: Connection, room: int) -> None:
+    async def typing(self, conn: Connection, room: int) -> None:
         limits = self.limits.get(conn.id)
         now = time.monotonic()
         if limits is not None:
@@ -402,7 +404,7 @@ class Node:
         state = self.hub.rooms.get(room)
         if state is not None:
             self.hub.broadcast(state, text, exclude=conn.id, ephemeral=True)
-        self._spawn(self._publish(self._channel(room), b"E", 0, b"", text), "publish")
+        await self._publish(self._channel(room), b"E", 0, b"", text)
 
     async def _check_access(self, room: int, user: int) -> None:
         access = await self.store.access(room, user)
