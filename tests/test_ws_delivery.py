@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from .support import Api, Follower, ServerProcess, Ws
+from .support import Api, Follower, ServerProcess, Ws, assert_log
 
 Pair = tuple[ServerProcess, ServerProcess]
 
@@ -29,19 +29,6 @@ Pair = tuple[ServerProcess, ServerProcess]
 async def members(owner: Api, count: int, prefix: str) -> list[Api]:
     """`count` new users, each a member of nothing yet."""
     return [await Api.new_user(owner.base_url, prefix) for _ in range(count)]
-
-
-def assert_log(log: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
-    """The received log is exactly the room's log in PostgreSQL: same seqs, same ids, in order."""
-    got = [(m["seq"], m["id"]) for m in log]
-    want = [(m["seq"], m["id"]) for m in history]
-    if got != want:
-        seqs = [s for s, _ in got]
-        repeats = sorted({s for s in seqs if seqs.count(s) > 1})
-        missing = sorted(set(range(1, len(history) + 1)) - set(seqs))
-        raise AssertionError(
-            f"received {len(got)} of {len(want)}; repeats {repeats[:20]}, missing {missing[:20]}"
-        )
 
 
 async def test_concurrent_senders_ordered_exactly_once(servers: Pair, alice: Api) -> None:

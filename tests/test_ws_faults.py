@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 import websockets
 
-from .support import Api, Follower, ServerProcess, Ws, free_port
+from .support import Api, Follower, ServerProcess, Ws, assert_log, free_port
 
 Pair = tuple[ServerProcess, ServerProcess]
 
@@ -97,19 +97,6 @@ async def cluster(
         yield a, b
     finally:
         await asyncio.gather(a.stop(), b.stop())
-
-
-def assert_log(log: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
-    """The received log is exactly the room's log in PostgreSQL: same seqs, same ids, in order."""
-    got = [(m["seq"], m["id"]) for m in log]
-    want = [(m["seq"], m["id"]) for m in history]
-    if got != want:
-        seqs = [s for s, _ in got]
-        repeats = sorted({s for s in seqs if seqs.count(s) > 1})
-        missing = sorted(set(range(1, len(history) + 1)) - set(seqs))
-        raise AssertionError(
-            f"received {len(got)} of {len(want)}; repeats {repeats[:20]}, missing {missing[:20]}"
-        )
 
 
 async def crowd(owner: Api, room: int, count: int) -> list[Api]:
