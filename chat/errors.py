@@ -72,6 +72,5 @@ class Close:
     RESTART = 1012  # server shutting down, or it lost track of a room: resume with since
     TRY_AGAIN = 1013  # the client read too slowly for its send queue: resume with since
     UNAUTHORIZED = 4001  # bad or revoked token, or no hello in time: do not reconnect as is
-    REMOVED = 4003  # reserved
     RATE_LIMITED = 4008  # too many refused frames: do not reconnect until fixed
     TOO_MANY = 4029  # too many connections for this user: retry later

@@ -432,11 +432,6 @@ class Store:
         )
         return message, True
 
-    async def message_by_client_id(self, room: int, sender: int, client_id: str) -> Message | None:
-        async with self._conn() as conn:
-            row = await conn.fetchrow(Q_MESSAGE_BY_CLIENT_ID, room, sender, client_id)
-        return None if row is None else message_from_row(row)
-
     async def messages_after(self, room: int, after: int, limit: int) -> list[Message]:
         async with self._conn() as conn:
             rows = await conn.fetch(Q_MESSAGES_AFTER, room, after, limit)
