@@ -8,7 +8,6 @@ when the server starts, not when a request first needs it.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -16,12 +15,17 @@ _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 
 def sql_dir() -> Path:
-    """`sql/` beside the package (a checkout or an editable install), or $CHAT_SQL_DIR."""
-    configured = os.environ.get("CHAT_SQL_DIR")
-    path = Path(configured) if configured else Path(__file__).resolve().parent.parent / "sql"
-    if not (path / "migrations").is_dir():
-        raise RuntimeError(f"no SQL folder at {path}: set CHAT_SQL_DIR to the project's sql/")
-    return path
+    """The SQL this code was built with.
+
+    An installed wheel carries the top-level `sql/` inside the package as
+    `chat/sqlfiles` (see pyproject.toml); a checkout or an editable install
+    reads `sql/` beside the package.
+    """
+    here = Path(__file__).resolve().parent
+    for path in (here / "sqlfiles", here.parent / "sql"):
+        if (path / "migrations").is_dir():
+            return path
+    raise RuntimeError(f"no SQL folder in {here} or beside it: the package is incomplete")
 
 
 def parse_queries(text: str, origin: str = "<text>") -> dict[str, str]:

@@ -167,3 +167,41 @@ def test_migrations_refuse_a_badly_named_file(tmp_path: Path) -> None:
     (tmp_path / "2-Oops.sql").write_text("SELECT 2;", encoding="utf-8")
     with pytest.raises(RuntimeError, match=r"2-Oops\.sql: migrations are named NNNN_name\.sql"):
         migrations(tmp_path)
+
+
+async def test_an_installed_wheel_finds_its_sql(tmp_path: Path, empty_database: str) -> None:
+    """A wheel built from the repo, installed outside the checkout, migrates with its own SQL."""
+    root = Path(__file__).resolve().parent.parent
+    wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "cwd"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    await asyncio.to_thread(
+        subprocess.run, [*pip, "wheel", "--no-deps", "-w", str(wheels), str(root)], check=True
+    )
+    (wheel,) = wheels.glob("chat-*.whl")
+    await asyncio.to_thread(
+        subprocess.run, [*pip, "install", "--no-deps", "-t", str(target), str(wheel)], check=True
+    )
+    # PYTHONPATH comes before the editable install's finder: this runs the wheel's copy.
+    env = {**os.environ, "PYTHONPATH": str(target), "DATABASE_URL": empty_database}
+    where = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", "import chat.sql as s; print(s.sql_dir())"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert where.stdout.strip() == str(target / "chat" / "sqlfiles")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "chat", "migrate"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert await recorded(empty_database) == MIGRATIONS
