@@ -1,7 +1,7 @@
 """Results into comparisons, tables and plots.
 
 `python -m bench.report FILE.json ...` prints a Markdown table per result file
-(and plots it into docs/img/); `python -m bench.report --compare SUMMARY.json`
+(and plots it into bench/out/img/); `python -m bench.report --compare SUMMARY.json`
 plots the peers side by side.
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-IMG = ROOT / "docs" / "img"
+# Plots go beside the results; copy the ones docs/benchmarks.md shows into docs/img/.
+IMG = ROOT / "bench" / "out" / "img"
 LABELS = {
     "chat": "our server",
     "pysio": "python-socketio",
@@ -286,7 +287,7 @@ def table(r: dict[str, Any]) -> str:
 
 def latest(scenario: str, target: str = "chat") -> Path | None:
     """The newest result file of a scenario and target."""
-    files = sorted((ROOT / "bench" / "results").glob(f"{scenario}-{target}-*-r*.json"))
+    files = sorted((ROOT / "bench" / "out").glob(f"{scenario}-{target}-*-r*.json"))
     return files[-1] if files else None
 
 

@@ -4,7 +4,7 @@ It resets the bench database and Redis keys, starts two server processes of
 the target (PostgreSQL and Redis shared, like the Procfile's `web:` line twice),
 creates the accounts and rooms through the HTTP API, starts the generator
 workers (bench/worker.py), runs the open-loop steps, checks every delivery and
-(for our server) PostgreSQL, and writes bench/results/<scenario>-<target>-<time>.json.
+(for our server) PostgreSQL, and writes bench/out/<scenario>-<target>-<time>.json.
 See bench/README.md for the scenarios and options.
 """
 
@@ -42,7 +42,7 @@ from bench.common import (
 )
 from bench.servers import PROTOCOL, ROOT, TARGETS, WS_PATH, Server, chat_servers, peer_servers
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "bench" / "out"
 PASSWORD = "bench-password-1"
 ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB_NAME = os.environ.get("BENCH_DB", "chat_bench")

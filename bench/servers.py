@@ -5,7 +5,7 @@
 - node:     Node's socket.io + @socket.io/redis-adapter (bench/peers/node/server.js);
 - raw:      the `websockets` library + redis-py pub/sub, no framework (bench/peers/raw_ws.py).
 
-Compression is off everywhere. Each process logs to bench/results/logs/.
+Compression is off everywhere. Each process logs to bench/out/logs/.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .common import proc_cpu_seconds, proc_rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-LOGS = BENCH / "results" / "logs"
+LOGS = BENCH / "out" / "logs"
 
 TARGETS = ("chat", "pysio", "node", "raw")
 # The wire protocol each target speaks (see bench/worker.py).
