@@ -24,6 +24,7 @@ from chat.sql import load_queries, migrations, parse_queries
 from .conftest import REDIS_URL, fresh_database
 from .support import ServerProcess
 
+ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = [(version, name) for version, name, _ in migrations()]
 
 
@@ -171,12 +172,11 @@ def test_migrations_refuse_a_badly_named_file(tmp_path: Path) -> None:
 
 async def test_an_installed_wheel_finds_its_sql(tmp_path: Path, empty_database: str) -> None:
     """A wheel built from the repo, installed outside the checkout, migrates with its own SQL."""
-    root = Path(__file__).resolve().parent.parent
     wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "cwd"
     elsewhere.mkdir()
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     await asyncio.to_thread(
-        subprocess.run, [*pip, "wheel", "--no-deps", "-w", str(wheels), str(root)], check=True
+        subprocess.run, [*pip, "wheel", "--no-deps", "-w", str(wheels), str(ROOT)], check=True
     )
     (wheel,) = wheels.glob("chat-*.whl")
     await asyncio.to_thread(
