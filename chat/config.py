@@ -112,65 +112,89 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _prefix(text: str) -> str:
+    if not text or len(text) > 64 or not all(c.isalnum() or c in "_-." for c in text):
+        raise ValueError("must be 1-64 letters, digits, '_', '-' or '.'")
+    return text
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+def _log_format(text: str) -> str:
+    if text not in ("json", "text"):
+        raise ValueError("must be json or text")
+    return text
+
+
+def setting(default: T, parse: Callable[[str], T]) -> T:
+    """A field of `Settings`: its default and the parser that validates its variable.
+
+    The name and type are the field's own, so each setting is declared once, here.
+    """
+    return dataclasses.field(default=default, metadata={"parse": parse})
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     """The server's configuration; each field's environment variable is its upper-cased name."""
 
     # Where the server runs and what backs it.
-    chat_env: str = "development"
-    database_url: str | None = None
-    redis_url: str | None = None
+    chat_env: str = setting("development", _environment)
+    database_url: str | None = setting(None, _url("postgres", "postgresql"))
+    redis_url: str | None = setting(None, _url("redis", "rediss", "unix"))
     # Prefix of every Redis key and channel, so several services can share one Redis.
-    redis_prefix: str = "chat"
+    redis_prefix: str = setting("chat", _prefix)
     # REDIS_URL names one node of a Redis Cluster (the others are discovered).
-    redis_cluster: bool = False
-    host: str = "127.0.0.1"
-    port: int = 8000
-    allowed_origins: tuple[str, ...] = ()
-    log_level: str = "INFO"
-    log_format: str = "json"
+    redis_cluster: bool = setting(False, _bool)
+    host: str = setting("127.0.0.1", _identity)
+    port: int = setting(8000, _int(0, 65535))
+    allowed_origins: tuple[str, ...] = setting((), _origins)
+    log_level: str = setting("INFO", _log_level)
+    log_format: str = setting("json", _log_format)
     # PostgreSQL pool.
-    db_pool_min: int = 2
-    db_pool_max: int = 10
-    db_command_timeout: float = 5.0
-    db_connect_timeout: float = 2.0
+    db_pool_min: int = setting(2, _int(1, 1000))
+    db_pool_max: int = setting(10, _int(1, 1000))
+    db_command_timeout: float = setting(5.0, _float(0.1, 600))
+    db_connect_timeout: float = setting(2.0, _float(0.1, 600))
     # Request and frame limits.
-    max_http_body_bytes: int = 65536
-    max_frame_bytes: int = 65536
-    hello_timeout: float = 10.0
+    max_http_body_bytes: int = setting(65536, _int(1024, 64 * 1024 * 1024))
+    max_frame_bytes: int = setting(65536, _int(1024, 64 * 1024 * 1024))
+    hello_timeout: float = setting(10.0, _float(0.1, 600))
     # Seconds for a client to send a request's headers (a WebSocket handshake too).
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = setting(10.0, _float(0.1, 600))
     # WebSocket handshakes per second per client address (bursts of twice that).
-    handshake_rate: float = 50.0
-    heartbeat: float = 20.0
-    ws_compression: bool = False
-    send_rate: float = 20.0
-    send_burst: int = 50
-    rate_limit_close_after: int = 100
-    typing_rate: float = 1.0
-    replay_limit: int = 1000
-    outbound_queue_frames: int = 2000
-    outbound_queue_bytes: int = 4 * 1024 * 1024
-    max_rooms_per_connection: int = 500
-    max_connections_per_user: int = 50
+    handshake_rate: float = setting(50.0, _float(0.1, 1000000))
+    heartbeat: float = setting(20.0, _float(1, 3600))
+    ws_compression: bool = setting(False, _bool)
+    send_rate: float = setting(20.0, _float(0.1, 100000))
+    send_burst: int = setting(50, _int(1, 1000000))
+    rate_limit_close_after: int = setting(100, _int(1, 1000000))
+    typing_rate: float = setting(1.0, _float(0.01, 1000))
+    replay_limit: int = setting(1000, _int(1, 100000))
+    outbound_queue_frames: int = setting(2000, _int(16, 10000000))
+    outbound_queue_bytes: int = setting(4 * 1024 * 1024, _int(65536, 1 << 34))
+    max_rooms_per_connection: int = setting(500, _int(1, 100000))
+    max_connections_per_user: int = setting(50, _int(1, 100000))
     # Fan-out and recovery.
-    gap_grace: float = 0.05
-    reconcile_interval: float = 3.0
-    presence_ttl: float = 30.0
+    gap_grace: float = setting(0.05, _float(0, 10))
+    reconcile_interval: float = setting(3.0, _float(0.05, 3600))
+    presence_ttl: float = setting(30.0, _float(1, 3600))
     # Sessions and passwords.
-    session_idle_days: float = 30.0
-    argon2_memory_kib: int = 19456
-    argon2_time_cost: int = 2
+    session_idle_days: float = setting(30.0, _float(0.0001, 36500))
+    argon2_memory_kib: int = setting(19456, _int(8, 4 * 1024 * 1024))
+    argon2_time_cost: int = setting(2, _int(1, 100))
     # Shutdown.
-    graceful_shutdown: float = 10.0
-    limit_concurrency: int = 10000
+    graceful_shutdown: float = setting(10.0, _float(0, 3600))
+    limit_concurrency: int = setting(10000, _int(1, 10000000))
     # Group commit: at most this many insert batches in flight; sends that arrive
     # meanwhile wait and go together in the next batch (one statement, one commit).
-    write_batches: int = 4
-    write_batch_size: int = 500
+    write_batches: int = setting(4, _int(1, 64))
+    write_batch_size: int = setting(500, _int(1, 10000))
     # While a batch is in flight, new sends gather this long (seconds) before the next
     # batch starts, instead of taking a free lane one by one.
-    write_batch_window: float = 0.002
+    write_batch_window: float = setting(0.002, _float(0, 1))
 
     @property
     def production(self) -> bool:
@@ -189,7 +213,7 @@ class Settings:
             raw = values.get(name)
             if raw is None or (raw == "" and field.default is None):
                 continue
-            parser = _PARSERS[field.name]
+            parser = field.metadata["parse"]
             try:
                 kwargs[field.name] = parser(raw)
             except ValueError as exc:
@@ -217,64 +241,3 @@ class Settings:
                 raise ConfigError(
                     "CHAT_ENV=production needs ARGON2_MEMORY_KIB>=19456 and ARGON2_TIME_COST>=2"
                 )
-
-
-def _prefix(text: str) -> str:
-    if not text or len(text) > 64 or not all(c.isalnum() or c in "_-." for c in text):
-        raise ValueError("must be 1-64 letters, digits, '_', '-' or '.'")
-    return text
-
-
-def _identity(text: str) -> str:
-    return text
-
-
-def _log_format(text: str) -> str:
-    if text not in ("json", "text"):
-        raise ValueError("must be json or text")
-    return text
-
-
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "chat_env": _environment,
-    "database_url": _url("postgres", "postgresql"),
-    "redis_url": _url("redis", "rediss", "unix"),
-    "redis_prefix": _prefix,
-    "redis_cluster": _bool,
-    "host": _identity,
-    "port": _int(0, 65535),
-    "allowed_origins": _origins,
-    "log_level": _log_level,
-    "log_format": _log_format,
-    "db_pool_min": _int(1, 1000),
-    "db_pool_max": _int(1, 1000),
-    "db_command_timeout": _float(0.1, 600),
-    "db_connect_timeout": _float(0.1, 600),
-    "max_http_body_bytes": _int(1024, 64 * 1024 * 1024),
-    "max_frame_bytes": _int(1024, 64 * 1024 * 1024),
-    "hello_timeout": _float(0.1, 600),
-    "handshake_timeout": _float(0.1, 600),
-    "handshake_rate": _float(0.1, 1000000),
-    "heartbeat": _float(1, 3600),
-    "ws_compression": _bool,
-    "send_rate": _float(0.1, 100000),
-    "send_burst": _int(1, 1000000),
-    "rate_limit_close_after": _int(1, 1000000),
-    "typing_rate": _float(0.01, 1000),
-    "replay_limit": _int(1, 100000),
-    "outbound_queue_frames": _int(16, 10000000),
-    "outbound_queue_bytes": _int(65536, 1 << 34),
-    "max_rooms_per_connection": _int(1, 100000),
-    "max_connections_per_user": _int(1, 100000),
-    "gap_grace": _float(0, 10),
-    "reconcile_interval": _float(0.05, 3600),
-    "presence_ttl": _float(1, 3600),
-    "session_idle_days": _float(0.0001, 36500),
-    "argon2_memory_kib": _int(8, 4 * 1024 * 1024),
-    "argon2_time_cost": _int(1, 100),
-    "graceful_shutdown": _float(0, 3600),
-    "limit_concurrency": _int(1, 10000000),
-    "write_batches": _int(1, 64),
-    "write_batch_size": _int(1, 10000),
-    "write_batch_window": _float(0, 1),
-}
