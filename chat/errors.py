@@ -74,3 +74,13 @@ class Close:
     UNAUTHORIZED = 4001  # bad or revoked token, or no hello in time: do not reconnect as is
     RATE_LIMITED = 4008  # too many refused frames: do not reconnect until fixed
     TOO_MANY = 4029  # too many connections for this user: retry later
+
+
+# After these the contract says: do not reconnect until the cause is fixed. The SDK
+# imports this; the browser client gets both from /static/js/closes.js (app.py).
+FINAL_CLOSES = frozenset({Close.UNAUTHORIZED, Close.RATE_LIMITED})
+
+
+def close_codes() -> dict[str, int]:
+    """Every close code by name, for clients that cannot import this module."""
+    return {name: value for name, value in vars(Close).items() if name.isupper()}

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
+from chat.client.errors import FATAL_CLOSES
+from chat.errors import FINAL_CLOSES, close_codes
+
 from .support import Api, ServerProcess, Ws
 
 
@@ -30,3 +35,18 @@ async def test_message_reaches_other_process(
         assert got["id"] == sent["id"] and got["seq"] == 1
     finally:
         await ws_b.close()
+
+
+async def test_browser_close_codes_come_from_the_server(anon: Api) -> None:
+    """The browser client's close codes are generated from chat.errors, not copied."""
+    script = await anon.raw("GET", "/static/js/closes.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    lines = dict(
+        line.removeprefix("export const ").removesuffix(");").split(" = Object.freeze(")
+        for line in script.text.splitlines()
+        if line.startswith("export const ")
+    )
+    assert json.loads(lines["CLOSE"]) == close_codes()
+    assert set(json.loads(lines["FINAL_CLOSES"])) == FINAL_CLOSES
+    assert FATAL_CLOSES.keys() == FINAL_CLOSES

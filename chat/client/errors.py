@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-# Close codes after which the contract says: do not reconnect until the cause is fixed.
+from ..errors import FINAL_CLOSES, Close
+
+# What to do after each close code that forbids reconnecting as is (the server's list).
 FATAL_CLOSES: dict[int, str] = {
-    4001: "the token is invalid or was revoked (or no hello was sent in time); log in again",
-    4008: "too many sends, edits or deletes were refused as rate limited; slow down",
+    Close.UNAUTHORIZED: "the token is invalid or was revoked (or no hello was sent in time); "
+    "log in again",
+    Close.RATE_LIMITED: "too many sends, edits or deletes were refused as rate limited; slow down",
 }
+assert FATAL_CLOSES.keys() == FINAL_CLOSES, "advice for every final close code"
 
 
 class ClientError(Exception):

@@ -12,6 +12,7 @@
 
 import { ApiError, api } from "./api.js";
 import { Connection, Disconnected, RequestTimeout, websocketUrl } from "./connection.js";
+import { CLOSE } from "./closes.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -1341,7 +1342,7 @@ function onConnState(info) {
       break;
     case "fatal":
       state.wasDisconnected = true;
-      if (info.code === 4001) {
+      if (info.code === CLOSE.UNAUTHORIZED) {
         sessionEnded(info.message);
       } else {
         showBanner(

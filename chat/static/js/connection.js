@@ -3,14 +3,20 @@
 // backoff. After close 4001 or 4008 it stops and says why: reconnecting as is
 // would only fail again.
 
+import { CLOSE, FINAL_CLOSES as FINAL } from "./closes.js";
+
 const BASE_DELAY_MS = 500;
 const MAX_DELAY_MS = 15000;
 const REQUEST_TIMEOUT_MS = 15000;
 
+// What to tell the user after each close code that forbids reconnecting as is.
 export const FATAL_CLOSES = {
-  4001: "You have been signed out: your session ended or was revoked.",
-  4008: "Disconnected for sending too much too quickly.",
+  [CLOSE.UNAUTHORIZED]: "You have been signed out: your session ended or was revoked.",
+  [CLOSE.RATE_LIMITED]: "Disconnected for sending too much too quickly.",
 };
+for (const code of FINAL) {
+  if (!(code in FATAL_CLOSES)) throw new Error(`no message for final close code ${code}`);
+}
 
 export class Disconnected extends Error {
   constructor() {
