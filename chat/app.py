@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from . import logs, metrics, openapi
-from .broker import create_broker
+from .broker import create_backends
 from .config import Settings
 from .errors import FINAL_CLOSES, HTTP_STATUS, ChatError, Close, close_codes, invalid
 from .hub import Connection
@@ -532,12 +532,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         origin = new_origin()
         store = await _connect_store(settings)
-        broker = create_broker(
+        broker, presence = create_backends(
             settings.redis_url, origin, settings.redis_prefix, settings.redis_cluster
         )
         if not settings.redis_url:
             log.warning("no REDIS_URL: fanning out in-process; run one process only")
-        node = Node(settings, store, broker, origin)
+        node = Node(settings, store, broker, presence, origin)
         await node.start()
         app.state.node = node
         log.info("ready", extra={"origin": origin, "broker": type(broker).__name__})

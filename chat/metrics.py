@@ -23,6 +23,11 @@ GAP_FILLS = Counter("chat_gap_fills", "Room gaps filled from PostgreSQL", regist
 CATCH_UPS = Counter("chat_catch_ups", "Connections caught up from PostgreSQL", registry=REGISTRY)
 BROKER_RECONNECTS = Counter("chat_broker_reconnects", "Broker link reconnects", registry=REGISTRY)
 BROKER_ERRORS = Counter("chat_broker_errors", "Broker commands that failed", registry=REGISTRY)
+PUBLISH_FAILURES = Counter(
+    "chat_broker_publish_failures",
+    "Publications that never reached the broker (link down, or the outbox full)",
+    registry=REGISTRY,
+)
 CLOSES = Counter(
     "chat_closes", "Connections closed by the server, by close code", ["code"], registry=REGISTRY
 )

@@ -24,7 +24,7 @@ from collections.abc import Awaitable
 
 from . import metrics
 from .accounts import Accounts
-from .broker import Broker, PresenceEntry
+from .broker import Broker, Presence, PresenceEntry
 from .config import Settings
 from .errors import ChatError, Close, forbidden, invalid, not_found
 from .hub import Connection, Hub, RoomState
@@ -74,10 +74,14 @@ FILL_BATCH = 500
 class Node:
     """One server process's view of the chat service."""
 
-    def __init__(self, settings: Settings, store: Store, broker: Broker, origin: str) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, broker: Broker, presence: Presence, origin: str
+    ) -> None:
         self.settings = settings
         self.store = store
         self.broker = broker
+        # Who is online where, shared by every process.
+        self.presence = presence
         # This process's id in broker payloads and presence entries.
         self.origin = origin
         self._origin_b = origin.encode()
@@ -89,7 +93,7 @@ class Node:
         # Per-connection rate limits, by connection id.
         self.limits: dict[int, Limits] = {}
         # Presence entries this process holds, refreshed before they expire.
-        self.presence: dict[tuple[int, int], PresenceEntry] = {}
+        self.entries: dict[tuple[int, int], PresenceEntry] = {}
         # Background loops and fire-and-forget tasks, cancelled on stop.
         self.tasks: set[asyncio.Task[None]] = set()
         # Set by `drain` at shutdown: connections are closed and new ones refused.
@@ -100,8 +104,9 @@ class Node:
     # -- life cycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        await self.broker.connect(self._on_broker, self._resync_all)
+        # Recorded first, so that the link comes up with it (and always has a channel).
         await self.broker.subscribe(self.control)
+        await self.broker.connect(self._on_broker, self._resync_all)
         self._spawn(self._reconcile_loop(), "reconcile")
         self._spawn(self._presence_loop(), "presence")
 
@@ -111,9 +116,9 @@ class Node:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         # Take this process's users out of presence now rather than by expiry.
-        for entry in list(self.presence.values()):
+        for entry in list(self.entries.values()):
             try:
-                await asyncio.wait_for(self.broker.presence_remove(entry), 1)
+                await asyncio.wait_for(self.presence.remove(entry), 1)
             except Exception:
                 break
         await self.broker.disconnect()
@@ -590,13 +595,13 @@ class Node:
 
     async def _presence_join(self, room: int, user: User, *, exclude: int) -> None:
         entry = PresenceEntry(room, user, encode(user).decode())
-        self.presence[(room, user.id)] = entry
+        self.entries[(room, user.id)] = entry
         await self._presence_add(entry, exclude=exclude)
 
     async def _presence_add(self, entry: PresenceEntry, *, exclude: int = 0) -> bool:
         """Add or refresh an entry and announce who came or went; False if the broker failed."""
         try:
-            joined, left = await self.broker.presence_add(entry, self.settings.presence_ttl)
+            joined, left = await self.presence.add(entry, self.settings.presence_ttl)
         except Exception:
             metrics.BROKER_ERRORS.inc()
             return False  # the refresh loop adds it once the broker is back
@@ -607,11 +612,11 @@ class Node:
         return True
 
     async def _presence_leave(self, room: int, user: User) -> None:
-        entry = self.presence.pop((room, user.id), None)
+        entry = self.entries.pop((room, user.id), None)
         if entry is None:
             return
         try:
-            gone = await self.broker.presence_remove(entry)
+            gone = await self.presence.remove(entry)
         except Exception:
             metrics.BROKER_ERRORS.inc()
             return
@@ -629,7 +634,7 @@ class Node:
 
     async def _presence_list(self, room: int) -> list[User]:
         try:
-            return await self.broker.presence_list(room)
+            return await self.presence.online(room)
         except Exception:
             metrics.BROKER_ERRORS.inc()
             state = self.hub.rooms.get(room)
@@ -644,8 +649,8 @@ class Node:
 
     async def _refresh_presence(self) -> None:
         """Add or refresh every entry this process holds; report who came or went."""
-        for key, entry in list(self.presence.items()):
-            if self.presence.get(key) is not entry:
+        for key, entry in list(self.entries.items()):
+            if self.entries.get(key) is not entry:
                 continue  # left meanwhile
             if not await self._presence_add(entry):
                 return

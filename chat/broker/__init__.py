@@ -1,24 +1,36 @@
 """The broker: publish/subscribe between the server's processes, and shared presence.
 
-One small interface (`base.Broker`) with two implementations picked by URL:
-`memory` for a single process (no `REDIS_URL`) and `redis` for many processes.
+Two small interfaces (`base.Broker`, `base.Presence`) with two backends picked
+by URL: `memory` for a single process (no `REDIS_URL`) and Redis for many
+processes, where presence shares the broker's command client.
 """
 
 from __future__ import annotations
 
-from .base import Broker, OnMessage, OnReconnect, PresenceEntry
-from .memory import MemoryBroker
+from .base import Broker, OnMessage, OnReconnect, Presence, PresenceEntry
+from .memory import MemoryBroker, MemoryPresence
 
 
-def create_broker(
+def create_backends(
     url: str | None, origin: str, prefix: str = "chat", cluster: bool = False
-) -> Broker:
-    """The Redis broker for a `redis://` URL, the in-process one for none."""
+) -> tuple[Broker, Presence]:
+    """Redis pub/sub and presence for a `redis://` URL, the in-process pair for none."""
     if not url:
-        return MemoryBroker(origin)
+        return MemoryBroker(), MemoryPresence(origin)
     from .redis import RedisBroker
+    from .redis_presence import RedisPresence
 
-    return RedisBroker(url, origin, prefix, cluster)
+    broker = RedisBroker(url, cluster)
+    return broker, RedisPresence(broker.redis, origin, prefix)
 
 
-__all__ = ["Broker", "MemoryBroker", "OnMessage", "OnReconnect", "PresenceEntry", "create_broker"]
+__all__ = [
+    "Broker",
+    "MemoryBroker",
+    "MemoryPresence",
+    "OnMessage",
+    "OnReconnect",
+    "Presence",
+    "PresenceEntry",
+    "create_backends",
+]

@@ -1,10 +1,14 @@
-"""The broker interface: five pub/sub methods and four for presence.
+"""The two interfaces behind the broker package: pub/sub and presence.
 
-Pub/sub carries opaque bytes per channel. Delivery is at most once and may
-drop frames while a link is down: `on_reconnect` tells the node so that it can
-re-sync its rooms from PostgreSQL. Presence entries are (room, user) pairs
-held by a process; they expire unless refreshed, so the users of a process
-that died leave on their own.
+`Broker` is five pub/sub methods (plus `ping`, for readiness). It carries
+opaque bytes per channel; delivery is at most once and may drop frames while
+a link is down: `on_reconnect` tells the node so that it can re-sync its rooms
+from PostgreSQL.
+
+`Presence` keeps who is online where: entries are (room, user) pairs held by
+a process; they expire unless refreshed, so the users of a process that died
+leave on their own. It lives beside the broker, not inside it (centrifuge
+splits `Broker` and `PresenceManager` the same way), and shares its backend.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ class PresenceEntry:
 
 
 class Broker(ABC):
-    """Moves frames between processes and keeps who is online where."""
+    """Moves frames between processes."""
 
     # True while the link to the broker is up (always, in memory).
     connected: bool = True
@@ -57,21 +61,19 @@ class Broker(ABC):
     async def ping(self) -> bool:
         """Whether the broker answers now."""
 
-    # -- presence -------------------------------------------------------------
+
+class Presence(ABC):
+    """Who has a connection joined to each room, on any process."""
 
     @abstractmethod
-    async def presence_add(self, entry: PresenceEntry, ttl: float) -> tuple[bool, list[User]]:
+    async def add(self, entry: PresenceEntry, ttl: float) -> tuple[bool, list[User]]:
         """Add or refresh an entry. Returns (the user just came online in the room,
         users whose entries had all expired and were swept out)."""
 
     @abstractmethod
-    async def presence_remove(self, entry: PresenceEntry) -> bool:
+    async def remove(self, entry: PresenceEntry) -> bool:
         """Remove an entry; True when it was the user's last one in the room."""
 
     @abstractmethod
-    async def presence_sweep(self, room: int) -> list[User]:
-        """Drop expired entries; the users who left the room by that."""
-
-    @abstractmethod
-    async def presence_list(self, room: int) -> list[User]:
+    async def online(self, room: int) -> list[User]:
         """Users with a live entry in the room, on any process, by id."""

@@ -1,4 +1,4 @@
-"""The in-process broker: one process only, chosen when there is no `REDIS_URL`."""
+"""The in-process broker and presence: one process only, chosen when there is no `REDIS_URL`."""
 
 from __future__ import annotations
 
@@ -6,21 +6,17 @@ import time
 from collections import defaultdict
 
 from ..protocol import User
-from .base import Broker, OnMessage, OnReconnect, PresenceEntry
+from .base import Broker, OnMessage, OnReconnect, Presence, PresenceEntry
 
 
 class MemoryBroker(Broker):
-    """Pub/sub and presence inside one process; the same semantics as Redis."""
+    """Pub/sub inside one process; the same semantics as Redis."""
 
-    def __init__(self, origin: str) -> None:
-        # This process's id, part of every presence entry.
-        self.origin = origin
+    def __init__(self) -> None:
         # Channels subscribed by this process.
         self.channels: set[str] = set()
         # The node's callback, set by connect().
         self.on_message: OnMessage | None = None
-        # room -> {(origin, user id): (expiry, user)}
-        self.presence: dict[int, dict[tuple[str, int], tuple[float, User]]] = defaultdict(dict)
 
     async def connect(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
         self.on_message = on_message
@@ -41,23 +37,34 @@ class MemoryBroker(Broker):
     async def ping(self) -> bool:
         return True
 
+
+class MemoryPresence(Presence):
+    """Presence inside one process; entries expire as they do in Redis."""
+
+    def __init__(self, origin: str) -> None:
+        # This process's id, part of every entry.
+        self.origin = origin
+        # room -> {(origin, user id): (expiry, user)}
+        self.presence: dict[int, dict[tuple[str, int], tuple[float, User]]] = defaultdict(dict)
+
     def _users(self, room: int) -> set[int]:
         return {uid for (_, uid) in self.presence[room]}
 
-    async def presence_add(self, entry: PresenceEntry, ttl: float) -> tuple[bool, list[User]]:
-        left = await self.presence_sweep(entry.room)
+    async def add(self, entry: PresenceEntry, ttl: float) -> tuple[bool, list[User]]:
+        left = self._sweep(entry.room)
         entries = self.presence[entry.room]
         online = entry.user.id in self._users(entry.room)
         entries[(self.origin, entry.user.id)] = (time.monotonic() + ttl, entry.user)
         return not online, left
 
-    async def presence_remove(self, entry: PresenceEntry) -> bool:
+    async def remove(self, entry: PresenceEntry) -> bool:
         entries = self.presence[entry.room]
         if entries.pop((self.origin, entry.user.id), None) is None:
             return False
         return entry.user.id not in self._users(entry.room)
 
-    async def presence_sweep(self, room: int) -> list[User]:
+    def _sweep(self, room: int) -> list[User]:
+        """Drop expired entries; the users who left the room by that."""
         now = time.monotonic()
         entries = self.presence[room]
         expired = [key for key, (expiry, _) in entries.items() if expiry <= now]
@@ -65,7 +72,7 @@ class MemoryBroker(Broker):
         remaining = self._users(room)
         return [user for uid, user in gone.items() if uid not in remaining]
 
-    async def presence_list(self, room: int) -> list[User]:
+    async def online(self, room: int) -> list[User]:
         now = time.monotonic()
         users = {u.id: u for expiry, u in self.presence[room].values() if expiry > now}
         return [users[uid] for uid in sorted(users)]

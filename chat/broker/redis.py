@@ -1,4 +1,4 @@
-"""The Redis broker: one pub/sub connection per process, presence in sorted sets.
+"""The Redis broker: one pub/sub connection per process, publications pipelined.
 
 Only this module knows Redis. The pub/sub link is owned by one task that
 reconnects with jittered backoff and, on every reconnect after the first, calls
@@ -7,10 +7,7 @@ was published while a subscriber was away, so the node re-syncs from
 PostgreSQL. redis-py's own silent resubscription is turned off (no retries on
 the pub/sub client) so that no drop goes unnoticed.
 
-Presence: per room a sorted set of `origin|user id|user json` members scored by
-expiry (ms, Redis's own clock) and a hash counting each user's live entries.
-Lua scripts keep the two consistent and report who came or went; the keys of a
-room share a hash tag, so the scripts run on Redis Cluster too.
+Presence (`redis_presence.py`) shares this broker's command client.
 """
 
 from __future__ import annotations
@@ -23,67 +20,16 @@ from collections import deque
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError
 
-from ..protocol import User
-from .base import Broker, OnMessage, OnReconnect, PresenceEntry
+from .. import metrics
+from .base import Broker, OnMessage, OnReconnect
 
 log = logging.getLogger("chat.broker")
-
-_SWEEP = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local left = {}
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, m in ipairs(expired) do
-  redis.call('ZREM', KEYS[1], m)
-  local uid, json = string.match(m, '^[^|]*|([^|]*)|(.*)$')
-  if redis.call('HINCRBY', KEYS[2], uid, -1) <= 0 then
-    redis.call('HDEL', KEYS[2], uid)
-    table.insert(left, json)
-  end
-end
-"""
-
-# KEYS: zset, counts. ARGV: member, user id, ttl ms. Returns {joined, {left json...}}.
-_ADD = (
-    _SWEEP
-    + """
-local joined = 0
-if redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1]) == 1 then
-  if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then joined = 1 end
-end
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 2)
-return {joined, left}
-"""
-)
-
-_SWEEP_ONLY = _SWEEP + "\nreturn left\n"
-
-# KEYS: zset, counts. ARGV: member, user id. Returns 1 when that was the user's last entry.
-_REMOVE = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
-    redis.call('HDEL', KEYS[2], ARGV[2])
-    return 1
-  end
-end
-return 0
-"""
-
-_LIST = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
-"""
-
-_user_decoder = msgspec.json.Decoder(User)
 
 # Connections of the command pool. Beyond it a command waits for a free one (up to
 # POOL_WAIT seconds) instead of opening another: an unbounded pool grows to every
@@ -98,9 +44,9 @@ OUTBOX_LIMIT = 100_000
 
 
 class RedisBroker(Broker):
-    """Pub/sub and presence through one Redis server (or cluster)."""
+    """Pub/sub through one Redis server (or cluster)."""
 
-    def __init__(self, url: str, origin: str, prefix: str = "chat", cluster: bool = False) -> None:
+    def __init__(self, url: str, cluster: bool = False) -> None:
         # The REDIS_URL; never logged, it may hold a password.
         self.url = url
         # Redis Cluster: commands go through the cluster client (presence keys of a
@@ -110,10 +56,6 @@ class RedisBroker(Broker):
         self.cluster: RedisCluster | None = None
         # Where the pub/sub link goes: the URL's node, or in a cluster any known node.
         self.pubsub_urls = [url]
-        # This process's id: part of presence members and of its own channel.
-        self.origin = origin
-        # Start of every key and channel name.
-        self.prefix = prefix
         # Commands (publish, scripts) on a small bounded pool that retries briefly.
         self.redis: Any
         if cluster:
@@ -136,7 +78,7 @@ class RedisBroker(Broker):
                 )
             )
         # Every channel this process wants, whether or not the link is up now.
-        self.channels: set[str] = {f"{prefix}:process:{origin}"}
+        self.channels: set[str] = set()
         # Channel -> futures of subscribe() calls waiting for Redis to confirm.
         self.waiting: dict[str, list[asyncio.Future[None]]] = {}
         self.connected = False
@@ -146,23 +88,18 @@ class RedisBroker(Broker):
         self.pubsub: Any = None
         # The task that owns the pub/sub link.
         self.task: asyncio.Task[None] | None = None
-        # Reconnects after the first connection, for metrics and tests.
-        self.reconnects = 0
         # The node's re-sync after the latest reconnect.
         self.resync: asyncio.Future[None] | None = None
         # Publications waiting for the flusher, oldest first, and the flusher task.
         self.outbox: deque[tuple[str, bytes]] = deque()
         self.flusher: asyncio.Future[None] | None = None
-        # Publications that never reached Redis (link down, or the outbox full).
-        self.publish_failures = 0
         # Set once the first subscription round is confirmed.
         self.first_connect = asyncio.Event()
-        self._add = self.redis.register_script(_ADD)
-        self._sweep = self.redis.register_script(_SWEEP_ONLY)
-        self._remove = self.redis.register_script(_REMOVE)
-        self._list = self.redis.register_script(_LIST)
 
     async def connect(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
+        if not self.channels:
+            # A pub/sub connection exists only with a subscription (SUBSCRIBE needs one).
+            raise ValueError("subscribe at least one channel before connect()")
         self.on_message = on_message
         self.on_reconnect = on_reconnect
         self.task = asyncio.create_task(self._run(), name="redis-pubsub")
@@ -232,7 +169,6 @@ class RedisBroker(Broker):
                         self._confirm(channel)
                 delay = 0.05
                 if ever:
-                    self.reconnects += 1
                     log.warning("redis pub/sub reconnected; re-syncing rooms from postgresql")
                     if self.on_reconnect is not None:
                         self.resync = asyncio.ensure_future(self.on_reconnect())
@@ -327,7 +263,7 @@ class RedisBroker(Broker):
         """
         if len(self.outbox) >= OUTBOX_LIMIT:
             self.outbox.popleft()
-            self.publish_failures += 1
+            metrics.PUBLISH_FAILURES.inc()
         self.outbox.append((channel, payload))
         if self.flusher is None or self.flusher.done():
             self.flusher = asyncio.ensure_future(self._flush_outbox())
@@ -344,7 +280,7 @@ class RedisBroker(Broker):
                     pipe.publish(channel, payload)
                 await pipe.execute()
             except (RedisError, OSError, TimeoutError) as exc:
-                self.publish_failures += len(batch)
+                metrics.PUBLISH_FAILURES.inc(len(batch))
                 log.warning(
                     "publish failed", extra={"frames": len(batch), "error": type(exc).__name__}
                 )
@@ -354,42 +290,6 @@ class RedisBroker(Broker):
             return bool(await asyncio.wait_for(self.redis.ping(), 2)) and self.connected
         except (RedisError, OSError, TimeoutError):
             return False
-
-    # -- presence -------------------------------------------------------------
-
-    def _keys(self, room: int) -> list[str]:
-        tag = f"{self.prefix}:presence:{{{room}}}"
-        return [tag, tag + ":n"]
-
-    def _member(self, entry: PresenceEntry) -> str:
-        return f"{self.origin}|{entry.user.id}|{entry.user_json}"
-
-    async def presence_add(self, entry: PresenceEntry, ttl: float) -> tuple[bool, list[User]]:
-        joined, left = await self._add(
-            keys=self._keys(entry.room),
-            args=[self._member(entry), entry.user.id, int(ttl * 1000)],
-        )
-        return bool(joined), [_user_decoder.decode(j) for j in left]
-
-    async def presence_remove(self, entry: PresenceEntry) -> bool:
-        return bool(
-            await self._remove(
-                keys=self._keys(entry.room), args=[self._member(entry), entry.user.id]
-            )
-        )
-
-    async def presence_sweep(self, room: int) -> list[User]:
-        left = await self._sweep(keys=self._keys(room), args=[])
-        return [_user_decoder.decode(j) for j in left]
-
-    async def presence_list(self, room: int) -> list[User]:
-        members = await self._list(keys=self._keys(room)[:1], args=[])
-        users: dict[int, User] = {}
-        for member in members:
-            _, _, json = _text(member).split("|", 2)
-            user = _user_decoder.decode(json)
-            users[user.id] = user
-        return [users[uid] for uid in sorted(users)]
 
 
 def _text(value: bytes | str) -> str:
