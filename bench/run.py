@@ -196,66 +196,50 @@ async def redis_cpu() -> float:
 async def create_accounts(
     servers: list[Server], n: int, mode: str, run_id: str
 ) -> tuple[list[str], str]:
-    """n tokens (users signed up and logged in, or bots of one owner) and the owner's token."""
-    import httpx
+    """n tokens (users signed up and logged in, or bots of one owner) and the owner's token.
 
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    clients = [httpx.AsyncClient(base_url=s.http, timeout=60, limits=limits) for s in servers]
+    Through the SDK's `HttpApi`, one per server process, used round robin.
+    """
+    from chat.client import HttpApi
+
+    apis = [HttpApi(s.http, timeout=60) for s in servers]
     sem = asyncio.Semaphore(32)
     try:
 
         async def signup(i: int) -> str:
             name = f"b{run_id}u{i}"
-            client = clients[i % len(clients)]
-            async with sem:
-                r = await client.post("/api/users", json={"username": name, "password": PASSWORD})
-                if r.status_code != 201:
-                    raise RuntimeError(f"sign-up {name}: {r.status_code} {r.text}")
-                r = await client.post(
-                    "/api/sessions", json={"username": name, "password": PASSWORD}
-                )
-                if r.status_code != 201:
-                    raise RuntimeError(f"log-in {name}: {r.status_code} {r.text}")
-                return str(r.json()["token"])
+            async with sem, HttpApi(servers[i % len(servers)].http, timeout=60) as api:
+                await api.sign_up(name, PASSWORD)
+                return (await api.log_in(name, PASSWORD)).token
 
         owner = await signup(0)
         if mode == "signup":
             tokens = await asyncio.gather(*(signup(i) for i in range(1, n + 1)))
             return list(tokens), owner
+        for api in apis:
+            api.token = owner
 
         async def bot(i: int) -> str:
-            client = clients[i % len(clients)]
             async with sem:
-                r = await client.post(
-                    "/api/bots",
-                    json={"username": f"b{run_id}bot{i}"},
-                    headers={"Authorization": f"Bearer {owner}"},
-                )
-                if r.status_code != 201:
-                    raise RuntimeError(f"bot {i}: {r.status_code} {r.text}")
-                return str(r.json()["token"])
+                made = await apis[i % len(apis)].create_bot(f"b{run_id}bot{i}")
+                return made.token
 
         tokens = await asyncio.gather(*(bot(i) for i in range(1, n + 1)))
         return list(tokens), owner
     finally:
-        for c in clients:
-            await c.aclose()
+        for api in apis:
+            await api.aclose()
 
 
 async def create_rooms(server: Server, owner: str, n: int, run_id: str) -> list[int]:
-    import httpx
+    from chat.client import HttpApi
 
-    async with httpx.AsyncClient(
-        base_url=server.http, timeout=60, headers={"Authorization": f"Bearer {owner}"}
-    ) as client:
+    async with HttpApi(server.http, owner, timeout=60) as api:
         sem = asyncio.Semaphore(16)
 
         async def one(i: int) -> int:
             async with sem:
-                r = await client.post("/api/rooms", json={"name": f"bench {run_id} {i}"})
-                if r.status_code != 201:
-                    raise RuntimeError(f"room {i}: {r.status_code} {r.text}")
-                return int(r.json()["room"]["id"])
+                return (await api.create_room(f"bench {run_id} {i}")).id
 
         return list(await asyncio.gather(*(one(i) for i in range(n))))
 
