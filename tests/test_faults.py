@@ -30,9 +30,7 @@ from redis.exceptions import RedisError
 
 from chat.broker.redis import RedisBroker
 
-from .support import Api, PrivatePostgres, ServerProcess, Ws
-from .test_hardening import rss_kib
-from .test_ws_faults import RedisServer
+from .support import Api, PrivatePostgres, RedisServer, ServerProcess, Ws, rss_kib
 
 # -- private services -----------------------------------------------------------
 

@@ -10,20 +10,12 @@ import os
 import secrets
 import struct
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pytest
 import websockets
 
-from .support import Api, ServerProcess, Ws
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+from .support import Api, ServerProcess, Ws, rss_kib
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,54 +18,9 @@ import asyncpg
 import pytest
 import websockets
 
-from .support import Api, Follower, ServerProcess, Ws, assert_log, free_port
+from .support import Api, Follower, RedisServer, ServerProcess, Ws, assert_log
 
 Pair = tuple[ServerProcess, ServerProcess]
-
-
-class RedisServer:
-    """A private redis-server without persistence: a restart comes back empty."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: asyncio.subprocess.Process | None = None
-        self._drain: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        assert self.proc.stdout is not None
-        ready = asyncio.Event()
-
-        async def drain(stream: asyncio.StreamReader) -> None:
-            async for line in stream:
-                if b"Ready to accept connections" in line:
-                    ready.set()
-
-        self._drain = asyncio.create_task(drain(self.proc.stdout))
-        await asyncio.wait_for(ready.wait(), 10)
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-            await self.proc.wait()
-        if self._drain is not None:
-            await self._drain
 
 
 @pytest.fixture
