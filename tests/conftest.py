@@ -8,6 +8,7 @@ own, so runs never collide.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -18,7 +19,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from .support import Api, PrivatePostgres, ServerProcess
+from .support import Api, PrivatePostgres, ServerProcess, Ws
 
 ADMIN_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -40,6 +41,25 @@ async def fresh_database(name: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(autouse=True)
+async def leftovers() -> AsyncIterator[None]:
+    """Cancel and await the tasks a test left running, and close its sockets, even on failure.
+
+    A task or socket that outlives its test fails a later one (an unraisable
+    exception warning, a port still in use); the session-scoped fixtures' own
+    tasks predate this snapshot and are left alone.
+    """
+    before = asyncio.all_tasks()
+    yield
+    tasks = asyncio.all_tasks() - before - {asyncio.current_task()}
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for ws in list(Ws.still_open):
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(), 5)
 
 
 @pytest.fixture(scope="session")

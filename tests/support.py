@@ -29,6 +29,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 PASSWORD = "correct horse battery"
+# Seconds after which a test's HTTP call or awaited frame counts as hung. A busy
+# machine can take seconds to answer; a hang is what this catches, not slowness.
+HANG = 30.0
 
 
 def free_port() -> int:
@@ -163,7 +166,8 @@ class Api:
         self.base_url = base_url
         self.token = token
         self.user = user or {}
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=10)
+        # A bound on a hang, well inside every test's own timeout; not a speed check.
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=HANG)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -243,7 +247,11 @@ class Api:
 class Ws:
     """A WebSocket client that remembers every frame it received."""
 
+    # Every Ws not closed yet: the `leftovers` fixture closes them after each test.
+    still_open: set[Ws] = set()
+
     def __init__(self, ws: ClientConnection) -> None:
+        Ws.still_open.add(self)
         self.ws = ws
         self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.welcome: dict[str, Any] = {}
@@ -262,7 +270,8 @@ class Ws:
 
     @classmethod
     async def connect(cls, url: str, token: str | None = None, **kw: Any) -> Ws:
-        ws = await websockets.connect(url, open_timeout=10, **kw)
+        kw.setdefault("open_timeout", HANG)
+        ws = await websockets.connect(url, **kw)
         client = cls(ws)
         if token is not None:
             await client.send({"type": "hello", "token": token})
@@ -276,11 +285,11 @@ class Ws:
         self._ref += 1
         return self._ref
 
-    async def recv(self, timeout: float = 10) -> dict[str, Any]:
+    async def recv(self, timeout: float = HANG) -> dict[str, Any]:
         return await asyncio.wait_for(self.frames.get(), timeout)
 
     async def expect(
-        self, type_: str, timeout: float = 10, skip: tuple[str, ...] = ()
+        self, type_: str, timeout: float = HANG, skip: tuple[str, ...] = ()
     ) -> dict[str, Any]:
         """The next frame, which must be of `type_` (frames of types in `skip` are passed over)."""
         while True:
@@ -290,7 +299,7 @@ class Ws:
             assert frame["type"] == type_, f"expected {type_}, got {frame}"
             return frame
 
-    async def call(self, frame: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+    async def call(self, frame: dict[str, Any], timeout: float = HANG) -> dict[str, Any]:
         """Send a frame with a fresh ref; return its reply, keeping other frames for later."""
         ref = self.ref()
         await self.send({**frame, "ref": ref})
@@ -329,11 +338,12 @@ class Ws:
                 out.append(frame["message"])
         return out
 
-    async def close_code(self, timeout: float = 10) -> int | None:
+    async def close_code(self, timeout: float = HANG) -> int | None:
         await asyncio.wait_for(self.closed.wait(), timeout)
         return self.ws.close_code
 
     async def close(self) -> None:
+        Ws.still_open.discard(self)
         await self.ws.close()
         self._task.cancel()
         try:
