@@ -35,7 +35,7 @@ from .broker import create_backends
 from .config import Settings
 from .errors import FINAL_CLOSES, HTTP_STATUS, ChatError, Close, close_codes, invalid
 from .hub import Connection
-from .limits import AddressLimiter
+from .limits import AddressLimiter, Limits
 from .node import Node, new_origin
 from .protocol import (
     AddMember,
@@ -237,20 +237,20 @@ async def create_room(request: Request) -> Response:
     body: NewRoom = await read_body(request, NewRoom)
     if body.name.isspace():
         raise invalid("`name` must not be only white space")
-    room = await _node(request).create_room(user, body.name.strip(), body.private)
+    room = await _node(request).rooms.create(user, body.name.strip(), body.private)
     return json_response(RoomOut(room=room), 201)
 
 
 @endpoint
 async def list_rooms(request: Request) -> Response:
     user, _ = await current_user(request)
-    return json_response(RoomsOut(rooms=await _node(request).rooms(user)))
+    return json_response(RoomsOut(rooms=await _node(request).rooms.of_user(user)))
 
 
 @endpoint
 async def join_room(request: Request) -> Response:
     user, _ = await current_user(request)
-    room = await _node(request).join_room(user, _id(request))
+    room = await _node(request).rooms.join(user, _id(request))
     return json_response(RoomOut(room=room))
 
 
@@ -259,14 +259,14 @@ async def add_member(request: Request) -> Response:
     user, _ = await current_user(request)
     room_id = _id(request)
     body: AddMember = await read_body(request, AddMember)
-    room = await _node(request).add_member(user, room_id, body.username)
+    room = await _node(request).rooms.add_member(user, room_id, body.username)
     return json_response(RoomOut(room=room))
 
 
 @endpoint
 async def remove_member(request: Request) -> Response:
     user, _ = await current_user(request)
-    await _node(request).remove_member(user, _id(request), request.path_params["username"])
+    await _node(request).rooms.remove_member(user, _id(request), request.path_params["username"])
     return Response(status_code=204)
 
 
@@ -274,7 +274,7 @@ async def remove_member(request: Request) -> Response:
 async def create_dm(request: Request) -> Response:
     user, _ = await current_user(request)
     body: NewDm = await read_body(request, NewDm)
-    room = await _node(request).dm(user, body.username)
+    room = await _node(request).rooms.dm(user, body.username)
     return json_response(RoomOut(room=room))
 
 
@@ -285,7 +285,7 @@ async def history(request: Request) -> Response:
     before = _query_int(request, "before", 0, 2**62)
     after = _query_int(request, "after", 0, 2**62)
     limit = _query_int(request, "limit", 1, 200) or 50
-    messages = await _node(request).history(user, room, before, after, limit)
+    messages = await _node(request).messages.history(user, room, before, after, limit)
     return json_response(MessagesOut(messages=messages))
 
 
@@ -295,14 +295,14 @@ async def post_message(request: Request) -> Response:
     room = _id(request)
     body: NewMessage = await read_body(request, NewMessage)
     check_body(body.body)
-    message = await _node(request).send(user, room, body.body, body.client_id)
+    message = await _node(request).messages.send(user, room, body.body, body.client_id)
     return json_response(MessageOut(message=message), 201)
 
 
 @endpoint
 async def presence(request: Request) -> Response:
     user, _ = await current_user(request)
-    online = await _node(request).online(user, _id(request))
+    online = await _node(request).rooms.online(user, _id(request))
     return json_response(PresenceOut(online=online))
 
 
@@ -451,6 +451,7 @@ async def _hello(websocket: WebSocket, node: Node, settings: Settings) -> Connec
         conn = Connection(
             user,
             token_hash,
+            limits=Limits(settings),
             max_frames=settings.outbound_queue_frames,
             max_bytes=settings.outbound_queue_bytes,
             remote=f"{client.host}:{client.port}" if client else "",

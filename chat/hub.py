@@ -1,11 +1,12 @@
 """This process's connections, the rooms they joined, and their bounded send queues.
 
-The hub owns the rule that makes delivery ordered and gapless for each
-connection: a room hands out message frames strictly in `seq` order, and a
-connection takes frame `seq` only when it has had `seq - 1`. A connection that
-is behind (it joined with `since`, or it is replaying) is skipped by the live
-path and caught up from PostgreSQL by the node, then switched to live in one
-step with no await in between.
+The hub is who is here: connections by id, rooms by id, and in each room the
+connections and how many per user. It owns those counts: `subscribe` says
+whether a room is new to this process (the broker must subscribe its
+channel), `add` whether a user's first connection joined it (presence), and
+`remove` and `release` the same on the way out, as centrifuge's hub does with
+`addSub` / `removeSub`. Where each connection stands in each room is a
+`delivery.Position`; the ordering decisions live in `delivery.py`.
 
 Nothing here awaits a client during fan-out: frames go onto each connection's
 bounded queue, ephemeral frames are shed first when it fills, and a connection
@@ -17,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .delivery import Frame, Offer, Position, RoomLine
 from .errors import Close
+from .limits import Limits
 from .protocol import User
 
 _ids = itertools.count(1)
@@ -30,7 +33,14 @@ class Connection:
     """One WebSocket client: who it is, what it joined, and its outbound queue."""
 
     def __init__(
-        self, user: User, token_hash: bytes, *, max_frames: int, max_bytes: int, remote: str = ""
+        self,
+        user: User,
+        token_hash: bytes,
+        *,
+        limits: Limits,
+        max_frames: int,
+        max_bytes: int,
+        remote: str = "",
     ) -> None:
         # A process-local id for logs and for excluding a sender from its own frames.
         self.id = next(_ids)
@@ -40,16 +50,10 @@ class Connection:
         self.token_hash = token_hash
         # Client address, for logs.
         self.remote = remote
-        # Room id -> the newest seq this connection has been given (or skipped past).
-        self.rooms: dict[int, int] = {}
-        # Rooms being replayed from PostgreSQL: the live path skips them meanwhile.
-        self.catching_up: set[int] = set()
-        # Room id -> times this connection left it: a replay started before a leave
-        # (and a rejoin) sees the number change and stops without touching the rejoin.
-        self.epochs: Counter[int] = Counter()
-        # Frames without a seq (edits, typing, presence) of rooms being replayed, held
-        # until the replay is done: after a join the order is ok, presence, replay, live.
-        self.held: dict[int, list[tuple[str, bool]]] = {}
+        # This connection's rate limits.
+        self.limits = limits
+        # Room id -> where this connection stands in it (joined rooms only).
+        self.positions: dict[int, Position] = {}
         # Outbound frames: (text, ephemeral). Bounded by max_frames and max_bytes.
         self.queue: deque[tuple[str, bool]] = deque()
         # Bytes of text in the queue (characters; close enough for a bound).
@@ -58,8 +62,8 @@ class Connection:
         self.max_bytes = max_bytes
         # Set when the queue has something, or when the connection must close.
         self.wakeup = asyncio.Event()
-        # Set when a replay waits for room in the queue and the writer made some.
-        self.drained = asyncio.Event()
+        # Set when the writer made room in the queue (a replay or reply waits for it).
+        self.room_made = asyncio.Event()
         # The close code once the server decided to close it; the writer sends it.
         self.close_code: int | None = None
         self.close_reason = ""
@@ -90,56 +94,38 @@ class Connection:
         self.wakeup.set()
         return True
 
-    def hold(self, room: int, text: str, ephemeral: bool) -> None:
-        """Keep a live frame of a room being replayed until `flush_held`; shed, or close if full."""
-        held = self.held.setdefault(room, [])
-        if len(held) >= self.max_frames:
-            if ephemeral:
-                return
-            held[:] = [item for item in held if not item[1]]
-            if len(held) >= self.max_frames:
-                self.close(Close.TRY_AGAIN, "too much happened during a replay: resume with since")
-                return
-        held.append((text, ephemeral))
+    def hold(self, position: Position, text: str, ephemeral: bool) -> None:
+        """Keep a live frame of a room being replayed until the replay ends; close if too much."""
+        if not position.hold(text, ephemeral, self.max_frames):
+            self.close(Close.TRY_AGAIN, "too much happened during a replay: resume with since")
 
-    def flush_held(self, room: int) -> None:
-        """The replay of `room` is done: queue what was held for it, in order."""
-        for text, ephemeral in self.held.pop(room, ()):
+    def finish_replay(self, position: Position) -> None:
+        """The replay of a room is done: queue what was held for it, in order, then live."""
+        for text, ephemeral in position.finish():
             self.push(text, ephemeral)
-
-    def forget(self, room: int) -> bool:
-        """Out of `room` at once: no frame of it reaches this connection any more."""
-        if self.rooms.pop(room, None) is None:
-            return False
-        self.catching_up.discard(room)
-        self.held.pop(room, None)
-        self.epochs[room] += 1
-        return True
 
     async def put(self, text: str) -> bool:
         """Queue a frame, waiting for room instead of overflowing (replays, replies)."""
-        await self.room_for(len(text))
+        await self.wait_for_room(len(text))
         return self.push(text)
 
-    async def room_for(self, size: int) -> None:
+    async def wait_for_room(self, size: int) -> None:
         """Wait until a frame of `size` fits in the queue (or the connection is closing)."""
         while (
             self.close_code is None
             and self.queue
             and (len(self.queue) >= self.max_frames or self.queued_bytes + size > self.max_bytes)
         ):
-            self.drained.clear()
-            await self.drained.wait()
+            self.room_made.clear()
+            await self.room_made.wait()
 
     def pop(self) -> str | None:
         if not self.queue:
             return None
         text, _ = self.queue.popleft()
         self.queued_bytes -= len(text)
-        if not self.queue:
-            self.drained.set()
-        elif self.queued_bytes <= self.max_bytes // 2:
-            self.drained.set()
+        if not self.queue or self.queued_bytes <= self.max_bytes // 2:
+            self.room_made.set()
         return text
 
     def _shed_ephemeral(self) -> None:
@@ -162,31 +148,26 @@ class Connection:
                 self.queue.clear()
                 self.queued_bytes = 0
             self.wakeup.set()
-            self.drained.set()
+            self.room_made.set()
             if self.on_close is not None:
                 self.on_close()
 
 
 @dataclass(eq=False)
 class RoomState:
-    """A room that at least one local connection joined."""
+    """A room that at least one local connection joined (or is joining)."""
 
     id: int
+    # The order of the room's message frames in this process.
+    line: RoomLine
     # Local connections joined to the room, by connection id.
     conns: dict[int, Connection] = field(default_factory=dict)
     # Local connections per user: presence changes on the first join and last leave.
     users: Counter[int] = field(default_factory=Counter)
-    # The newest seq handed to the room's connections; None until the first join
-    # has read it from PostgreSQL after subscribing.
-    delivered: int | None = None
-    # Frames that arrived ahead of `delivered + 1`, by seq, waiting for the gap to fill.
-    pending: dict[int, str] = field(default_factory=dict)
     # Set once the broker has confirmed the subscription.
     subscribed: asyncio.Event = field(default_factory=asyncio.Event)
     # The task filling a gap from PostgreSQL, if one runs.
     filler: asyncio.Task[None] | None = None
-    # The newest seq PostgreSQL is known to have (a fill goes at least this far).
-    target: int = 0
     # Joins in progress: the state is not released while one runs.
     joining: int = 0
 
@@ -194,40 +175,94 @@ class RoomState:
 class Hub:
     """Who is connected to this process, and which rooms they joined."""
 
-    def __init__(self) -> None:
+    def __init__(self, pending_limit: int) -> None:
         # Every open connection, by id.
         self.connections: dict[int, Connection] = {}
         # Rooms with at least one local connection (or being joined), by id.
         self.rooms: dict[int, RoomState] = {}
         # Open connections per user id, for the per-user limit.
         self.per_user: Counter[int] = Counter()
+        # Frames a room may hold behind a gap (see delivery.RoomLine).
+        self.pending_limit = pending_limit
 
-    def add(self, conn: Connection) -> None:
+    def attach(self, conn: Connection) -> None:
         self.connections[conn.id] = conn
         self.per_user[conn.user.id] += 1
 
-    def remove(self, conn: Connection) -> None:
+    def detach(self, conn: Connection) -> None:
         if self.connections.pop(conn.id, None) is not None:
             self.per_user[conn.user.id] -= 1
             if self.per_user[conn.user.id] <= 0:
                 del self.per_user[conn.user.id]
 
-    def deliver(self, state: RoomState, seq: int, text: str) -> list[Connection]:
-        """Hand message `seq` to every live connection of the room that is due for it.
+    # -- rooms ------------------------------------------------------------------
 
-        Returns the connections found behind (they need a catch-up).
+    def subscribe(self, room: int) -> tuple[RoomState, bool]:
+        """The room's state for a join in progress; True if this process is new to the room."""
+        state = self.rooms.get(room)
+        first = state is None
+        if state is None:
+            state = self.rooms[room] = RoomState(room, RoomLine(self.pending_limit))
+        state.joining += 1
+        return state, first
+
+    def add(self, conn: Connection, state: RoomState, position: Position) -> bool:
+        """Join `conn` to the room at `position`; True if it is its user's first connection here."""
+        if conn.id in state.conns:
+            conn.positions[state.id] = position
+            return False
+        state.conns[conn.id] = conn
+        conn.positions[state.id] = position
+        state.users[conn.user.id] += 1
+        return state.users[conn.user.id] == 1
+
+    def remove(self, conn: Connection, room: int) -> bool:
+        """Out of `room` at once; True if that was its user's last connection in it here."""
+        if conn.positions.pop(room, None) is None:
+            return False
+        state = self.rooms.get(room)
+        if state is None or state.conns.pop(conn.id, None) is None:
+            return False
+        state.users[conn.user.id] -= 1
+        if state.users[conn.user.id] > 0:
+            return False
+        del state.users[conn.user.id]
+        return True
+
+    def release(self, state: RoomState, *, joined: bool = False) -> bool:
+        """A join ended (`joined`) or a connection left: True if the room is now gone here."""
+        if joined:
+            state.joining -= 1
+        if state.conns or state.joining or self.rooms.get(state.id) is not state:
+            return False
+        del self.rooms[state.id]
+        if state.filler is not None:
+            state.filler.cancel()
+        return True
+
+    def members_here(self, room: int, user: int) -> list[Connection]:
+        state = self.rooms.get(room)
+        return [] if state is None else [c for c in state.conns.values() if c.user.id == user]
+
+    # -- fan-out ----------------------------------------------------------------
+
+    def deliver(self, state: RoomState, frames: Iterable[tuple[int, Frame]]) -> list[Connection]:
+        """Hand message frames (in seq order) to every live connection of the room due for them.
+
+        Returns the connections found behind (they need a replay).
         """
         behind = []
         room = state.id
-        for conn in state.conns.values():
-            last = conn.rooms.get(room)
-            if last is None or room in conn.catching_up:
-                continue
-            if seq == last + 1:
-                conn.rooms[room] = seq
-                conn.push(text)
-            elif seq > last + 1:
-                behind.append(conn)
+        for seq, text in frames:
+            for conn in state.conns.values():
+                position = conn.positions.get(room)
+                if position is None:
+                    continue
+                offer = position.offer(seq)
+                if offer is Offer.SEND:
+                    conn.push(text)
+                elif offer is Offer.BEHIND:
+                    behind.append(conn)
         return behind
 
     def broadcast(self, state: RoomState, text: str, *, exclude: int = 0, ephemeral: bool) -> None:
@@ -239,8 +274,9 @@ class Hub:
         for conn in state.conns.values():
             if conn.id == exclude:
                 continue
-            if room in conn.catching_up:
-                conn.hold(room, text, ephemeral)
+            position = conn.positions.get(room)
+            if position is not None and position.replaying:
+                conn.hold(position, text, ephemeral)
             else:
                 conn.push(text, ephemeral)
 

@@ -9,6 +9,7 @@ New fields get defaults, so older clients keep working.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 from typing import Annotated, Any
 
@@ -297,6 +298,45 @@ def encode(obj: Any) -> bytes:
 def encode_text(obj: Any) -> str:
     """Encode a frame once as the text that every recipient is sent."""
     return _encoder.encode(obj).decode()
+
+
+# ---------------------------------------------------------------------------
+# Between processes (the broker's payloads)
+
+
+class Kind(enum.Enum):
+    """What a publication carries."""
+
+    MESSAGE = "m"  # a stored message's frame, with its seq: ordered by delivery.py
+    FRAME = "f"  # a room frame without a seq (edited, deleted): to every joined connection
+    EPHEMERAL = "e"  # typing, presence_diff: shed first from a full queue
+    REMOVED = "r"  # `target` (a user id) was removed from the room
+    LOGOUT = "k"  # `target` (a token hash, hex) was revoked: close its sockets
+
+
+class Envelope(Struct, array_like=True, omit_defaults=True):
+    """One publication. `frame` is the client frame's JSON, encoded once by the process
+    that made it and carried as-is (msgspec embeds and slices `Raw` without parsing)."""
+
+    kind: Kind
+    # The publishing process: a process skips its own publications.
+    origin: str
+    frame: msgspec.Raw = msgspec.Raw(b"0")
+    seq: int = 0
+    target: str = ""
+
+
+_envelope_encoder = msgspec.json.Encoder()
+_envelope_wire_decoder = msgspec.json.Decoder(Envelope)
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    return _envelope_encoder.encode(envelope)
+
+
+def decode_envelope(payload: bytes) -> Envelope:
+    """Decode a publication; `msgspec.DecodeError` if another process sent garbage."""
+    return _envelope_wire_decoder.decode(payload)
 
 
 # ---------------------------------------------------------------------------

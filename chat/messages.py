@@ -1,0 +1,88 @@
+"""Messages: send, edit, delete, read positions, typing and history.
+
+The same use cases serve the WebSocket frames and the HTTP routes. A send
+returns only once its message is durably stored; the store groups concurrent
+sends into one commit. Live frames go through `fanout.py`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import access, metrics
+from .config import Settings
+from .errors import forbidden
+from .fanout import Fanout
+from .hub import Connection
+from .protocol import (
+    DeletedFrame,
+    EditedFrame,
+    Kind,
+    Message,
+    MessageFrame,
+    TypingFrame,
+    User,
+    encode_text,
+)
+from .store import Store
+
+
+class Messages:
+    """The message use cases of every room."""
+
+    def __init__(self, settings: Settings, store: Store, fanout: Fanout) -> None:
+        self.settings = settings
+        self.store = store
+        self.fanout = fanout
+
+    async def send(self, user: User, room: int, body: str, client_id: str | None) -> Message:
+        """Store a message and fan it out; returns it once it is durably stored."""
+        result = await self.store.insert_message(room, user, body, client_id)
+        if result is None:
+            raise await access.refuse(self.store, room, user.id)
+        message, created = result
+        if created:
+            metrics.MESSAGES_STORED.inc()
+            text = encode_text(MessageFrame(room=room, message=message))
+            await self.fanout.stored(room, message.seq, text)
+        return message
+
+    async def edit(self, user: User, room: int, message_id: int, body: str) -> Message:
+        await access.require_member(self.store, room, user.id)
+        message = await self.store.edit_message(room, message_id, user.id, body)
+        text = encode_text(EditedFrame(room=room, message=message))
+        await self.fanout.broadcast(room, Kind.FRAME, text)
+        return message
+
+    async def delete(self, user: User, room: int, message_id: int) -> None:
+        await access.require_member(self.store, room, user.id)
+        seq = await self.store.delete_message(room, message_id, user.id)
+        text = encode_text(DeletedFrame(room=room, id=message_id, seq=seq))
+        await self.fanout.broadcast(room, Kind.FRAME, text)
+
+    async def read(self, user: User, room: int, seq: int) -> None:
+        if await self.store.set_read(room, user.id, seq) is None:
+            raise await access.refuse(self.store, room, user.id)
+
+    async def typing(self, conn: Connection, room: int) -> None:
+        now = time.monotonic()
+        if now - conn.limits.last_typing < 1 / self.settings.typing_rate:
+            return  # dropped silently, as the contract says
+        conn.limits.last_typing = now
+        if room not in conn.positions:
+            raise forbidden("join the room before typing in it")
+        text = encode_text(TypingFrame(room=room, user=conn.user))
+        await self.fanout.broadcast(room, Kind.EPHEMERAL, text, exclude=conn.id)
+
+    async def history(
+        self, user: User, room: int, before: int | None, after: int | None, limit: int
+    ) -> list[Message]:
+        await access.require_member(self.store, room, user.id)
+        if after is not None:
+            messages = await self.store.messages_after(room, after, limit)
+            if before is not None:
+                messages = [m for m in messages if m.seq < before]
+            return messages
+        return await self.store.messages_before(
+            room, before if before is not None else 2**62, limit
+        )

@@ -1,0 +1,74 @@
+"""Rooms: creating them, joining over HTTP, members, direct messages and presence lists.
+
+Membership lives in PostgreSQL; a removal also takes effect at once on the
+live side (`removed`, given by the node), here and on every process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from . import access
+from .errors import invalid, not_found
+from .presence import PresenceTracker
+from .protocol import Room, RoomSummary, User
+from .store import Store
+
+# Applies a removal to live connections everywhere: (room, user id).
+Removed = Callable[[int, int], Awaitable[None]]
+
+
+class Rooms:
+    """The room use cases."""
+
+    def __init__(self, store: Store, presence: PresenceTracker, removed: Removed) -> None:
+        self.store = store
+        self.presence = presence
+        self.removed = removed
+
+    async def create(self, user: User, name: str, private: bool) -> Room:
+        return await self.store.create_room(name, private, user.id)
+
+    async def of_user(self, user: User) -> list[RoomSummary]:
+        return await self.store.rooms_of_user(user.id)
+
+    async def join(self, user: User, room: int) -> Room:
+        if access.check_join(await access.room_access(self.store, room, user.id)):
+            await self.store.add_member(room, user.id)
+        return await self.get(room)
+
+    async def add_member(self, user: User, room: int, username: str) -> Room:
+        await access.require_member(self.store, room, user.id)
+        target = await self._user(username)
+        await self.store.add_member(room, target.id)
+        return await self.get(room)
+
+    async def remove_member(self, user: User, room: int, username: str) -> None:
+        found = await access.require_member(self.store, room, user.id)
+        target = await self._user(username)
+        access.check_remove(found, user.id, target.id)
+        if not await self.store.remove_member(room, target.id):
+            raise not_found(f"{target.username} is not a member of this room")
+        await self.removed(room, target.id)
+
+    async def dm(self, user: User, username: str) -> Room:
+        other = await self._user(username)
+        if other.id == user.id:
+            raise invalid("a direct message needs someone else")
+        return await self.get(await self.store.dm_room(user, other))
+
+    async def online(self, user: User, room: int) -> list[User]:
+        await access.require_member(self.store, room, user.id)
+        return await self.presence.online(room)
+
+    async def get(self, room: int) -> Room:
+        found = await self.store.room(room)
+        if found is None:
+            raise not_found("no such room")
+        return found
+
+    async def _user(self, username: str) -> User:
+        target = await self.store.user_by_username(username)
+        if target is None:
+            raise not_found(f"no user named {username!r}")
+        return target
