@@ -153,6 +153,9 @@ class Settings:
     outbound_queue_bytes: int = 4 * 1024 * 1024
     max_rooms_per_connection: int = 500
     max_connections_per_user: int = 50
+    # How many times an hour others may make one user a member of a room (adds and new
+    # DMs, counted per target on every process): beyond it, 429.
+    member_adds_per_hour: int = 100
     # Fan-out and recovery.
     gap_grace: float = 0.05
     reconcile_interval: float = 3.0
@@ -266,6 +269,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "outbound_queue_bytes": _int(65536, 1 << 34),
     "max_rooms_per_connection": _int(1, 100000),
     "max_connections_per_user": _int(1, 100000),
+    "member_adds_per_hour": _int(1, 1000000),
     "gap_grace": _float(0, 10),
     "reconcile_interval": _float(0.05, 3600),
     "presence_ttl": _float(1, 3600),

@@ -20,10 +20,12 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable, Sequence
 
 from . import metrics
 from .accounts import Accounts
+from .blocks import Blocks
+from .bots import BotTokens
 from .broker import Broker, PresenceEntry
 from .config import Settings
 from .errors import ChatError, Close, forbidden, invalid, not_found
@@ -69,6 +71,8 @@ PENDING_LIMIT = 10000
 ACCESS_RECHECK = 30.0
 # Rows read per round when filling a gap or replaying to a connection.
 FILL_BATCH = 500
+# The window of the cap on how often others may make one user a member (seconds).
+MEMBER_ADD_WINDOW = 3600.0
 
 
 class Node:
@@ -85,6 +89,8 @@ class Node:
         self.prefix = settings.redis_prefix
         self.control = f"{settings.redis_prefix}:control"
         self.accounts = Accounts(store, settings)
+        self.blocks = Blocks(store)
+        self.bot_tokens = BotTokens(store)
         self.hub = Hub()
         # Per-connection rate limits, by connection id.
         self.limits: dict[int, Limits] = {}
@@ -436,7 +442,7 @@ class Node:
             return  # this process already delivered it locally
         if channel == self.control:
             if kind == b"K":
-                self._close_token(bytes.fromhex(arg.decode()))
+                self._close_tokens([bytes.fromhex(h) for h in arg.decode().split(",") if h])
             return
         room = int(channel.rsplit(":", 1)[1])
         if kind == b"M":
@@ -551,8 +557,7 @@ class Node:
                 self._kick(room, user)
         tokens = {conn.token_hash for conn in self.hub.connections.values()}
         if tokens:
-            for token_hash in tokens - await self.store.live_sessions(sorted(tokens)):
-                self._close_token(token_hash)
+            self._close_tokens(tokens - await self.store.live_sessions(sorted(tokens)))
 
     async def _reconcile_loop(self) -> None:
         rechecked = time.monotonic()
@@ -669,17 +674,37 @@ class Node:
         if not state.conns:
             self._spawn(self._release(state), "release")
 
-    def _close_token(self, token_hash: bytes) -> None:
-        for conn in self.hub.by_token(token_hash):
-            conn.close(Close.UNAUTHORIZED, "logged out")
-            metrics.CLOSES.labels(str(Close.UNAUTHORIZED)).inc()
+    def _close_tokens(self, token_hashes: Iterable[bytes]) -> None:
+        for token_hash in token_hashes:
+            for conn in self.hub.by_token(token_hash):
+                conn.close(Close.UNAUTHORIZED, "logged out")
+                metrics.CLOSES.labels(str(Close.UNAUTHORIZED)).inc()
+
+    async def _revoked(self, token_hashes: Sequence[bytes]) -> None:
+        """Close the sockets of tokens whose sessions just ended, here and on every process.
+
+        One control message (`K`, the hashes comma-separated) per call; a process that
+        misses it finds the ended sessions at its next access re-check.
+        """
+        if not token_hashes:
+            return
+        self._close_tokens(token_hashes)
+        arg = ",".join(h.hex() for h in token_hashes).encode()
+        await self._publish(self.control, b"K", 0, arg, "")
 
     # -- the HTTP half --------------------------------------------------------
 
     async def log_out(self, token_hash: bytes) -> None:
         await self.accounts.log_out(token_hash)
-        self._close_token(token_hash)
-        await self._publish(self.control, b"K", 0, token_hash.hex().encode(), "")
+        await self._revoked([token_hash])
+
+    async def replace_bot_tokens(
+        self, owner: User, username: str, *, rotate: bool
+    ) -> tuple[str | None, User]:
+        """Rotate (a new token) or revoke a bot's tokens; the old ones' sockets close with 4001."""
+        token, bot, ended = await self.bot_tokens.replace(owner, username, rotate=rotate)
+        await self._revoked(ended)
+        return token, bot
 
     async def create_room(self, user: User, name: str, private: bool) -> Room:
         return await self.store.create_room(name, private, user.id)
@@ -695,15 +720,29 @@ class Node:
             if access.private:
                 raise forbidden("this room is private: a member must add you")
             await self.store.add_member(room, user.id)
-        return await self._room(room)
+        return await self._room(room, user.id)
 
     async def add_member(self, user: User, room: int, username: str) -> Room:
-        await self._check_access(room, user.id)
+        access = await self.store.access(room, user.id)
+        if access is None:
+            raise not_found("no such room")
+        if not access.member:
+            raise forbidden()
+        if access.dm:
+            raise forbidden("a direct message is for its two people: make a room to add others")
         target = await self.store.user_by_username(username)
         if target is None:
             raise not_found(f"no user named {username!r}")
-        await self.store.add_member(room, target.id)
-        return await self._room(room)
+        if target.id != user.id:
+            await self.blocks.check(user, target)
+            await self.store.add_member_by(
+                room,
+                target.id,
+                user.id,
+                MEMBER_ADD_WINDOW,
+                self.settings.member_adds_per_hour,
+            )
+        return await self._room(room, user.id)
 
     async def remove_member(self, user: User, room: int, username: str) -> None:
         access = await self.store.access(room, user.id)
@@ -714,8 +753,13 @@ class Node:
         target = await self.store.user_by_username(username)
         if target is None:
             raise not_found(f"no user named {username!r}")
-        if target.id != user.id and access.created_by != user.id:
-            raise forbidden("only the room's creator removes someone else")
+        if target.id != user.id and (access.dm or access.created_by != user.id):
+            # A DM has no moderation: whoever opened it has no power over the other.
+            raise forbidden(
+                "nobody removes the other person of a direct message"
+                if access.dm
+                else "only the room's creator removes someone else"
+            )
         if not await self.store.remove_member(room, target.id):
             raise not_found(f"{target.username} is not a member of this room")
         self._kick(room, target.id)
@@ -727,7 +771,11 @@ class Node:
             raise not_found(f"no user named {username!r}")
         if other.id == user.id:
             raise invalid("a direct message needs someone else")
-        return await self._room(await self.store.dm_room(user, other))
+        await self.blocks.check(user, other)
+        room = await self.store.dm_room(
+            user, other, MEMBER_ADD_WINDOW, self.settings.member_adds_per_hour
+        )
+        return await self._room(room, user.id)
 
     async def history(
         self, user: User, room: int, before: int | None, after: int | None, limit: int
@@ -746,8 +794,8 @@ class Node:
         await self._check_access(room, user.id)
         return await self._presence_list(room)
 
-    async def _room(self, room: int) -> Room:
-        found = await self.store.room(room)
+    async def _room(self, room: int, caller: int) -> Room:
+        found = await self.store.room(room, caller)
         if found is None:
             raise not_found("no such room")
         return found
