@@ -374,3 +374,18 @@ async def test_sdk_covers_dms_blocks_and_bot_tokens(
             with pytest.raises(ServerError) as info:
                 await as_bot.rooms()
             assert info.value.code == "unauthorized"
+
+
+async def test_openapi_lists_the_new_routes(anon: Api) -> None:
+    """/openapi.json describes the block and bot-token routes, and ROOM's `dm`."""
+    doc = await anon.request("GET", "/openapi.json", 200)
+    paths = doc["paths"]
+    for path, method in [
+        ("/api/bots/{username}/token", "post"),
+        ("/api/bots/{username}/token", "delete"),
+        ("/api/blocks", "get"),
+        ("/api/blocks/{username}", "put"),
+        ("/api/blocks/{username}", "delete"),
+    ]:
+        assert method in paths[path], (path, method)
+    assert "dm" in doc["components"]["schemas"]["Room"]["properties"]
