@@ -332,6 +332,12 @@ function dmPeer(r) {
   return r.dm && typeof r.dm.username === "string" ? r.dm.username : null;
 }
 
+// Rooms in the order to join them: DMs first, so that if others put us into more rooms
+// than a connection may join, the conversations with one person are still live.
+function dmsFirst(rooms) {
+  return [...rooms].sort((a, b) => Number(Boolean(b.dm)) - Number(Boolean(a.dm)));
+}
+
 function displayName(r) {
   return dmPeer(r) || r.name;
 }
@@ -364,7 +370,7 @@ async function refreshRooms({ join = true } = {}) {
     }
   }
   renderRoomLists();
-  if (join && state.conn && state.conn.ready) for (const r of added) joinRoom(r);
+  if (join && state.conn && state.conn.ready) for (const r of dmsFirst(added)) joinRoom(r);
   return added;
 }
 
@@ -1234,7 +1240,7 @@ async function onWelcome(frame) {
     /* join what we know */
   }
   if (gen !== state.connGen || !state.conn || !state.conn.ready) return;
-  const joins = [...state.rooms.values()].map((r) => joinRoom(r));
+  const joins = dmsFirst(state.rooms.values()).map((r) => joinRoom(r));
   // Sends that never got their `ok` go again, in order, with their client_id.
   for (const p of state.pending.values()) dispatchPending(p);
   await Promise.all(joins);
