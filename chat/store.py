@@ -305,11 +305,11 @@ class Store:
         async with self._conn() as conn, conn.transaction():
             await conn.execute(Q_LOCK_TARGET, target)
             row = await conn.fetchrow(Q_ADD_MEMBER_BY, room, target, actor, window, cap)
-        if row["was_member"]:
-            return False
-        if not row["added"]:
-            raise _too_many_adds()
-        return True
+        if row["added"]:
+            return True
+        if row["was_member"] or row["recent"] < cap:
+            return False  # a member already, or they joined by themselves meanwhile
+        raise _too_many_adds()
 
     async def dm_room(self, user: User, other: User, window: float, cap: int) -> int:
         """The one private room of a pair, created by whichever caller comes first.
