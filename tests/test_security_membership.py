@@ -173,7 +173,7 @@ async def test_a_blocked_user_cannot_open_a_dm_or_add_the_blocker(
     r = await alice.raw("POST", f"/api/rooms/{room['id']}/members", json={"username": bob.username})
     assert error(r) == (403, "forbidden")
     assert room["id"] not in await listed(bob)
-    assert not [r for r in (await listed(bob)).values() if r["dm"] == alice.user]
+    assert not [e for e in (await listed(bob)).values() if e["dm"] == alice.user]
     # Carol is not blocked; bob himself may still open the DM with alice.
     assert (await open_dm(carol, bob.username))["dm"] == bob.user
     assert (await open_dm(bob, alice.username))["dm"] == alice.user
