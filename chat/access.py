@@ -36,9 +36,20 @@ def check_join(access: Access) -> bool:
     return True
 
 
+def check_add(access: Access) -> None:
+    """A member adds someone, except to a DM: it is the pair's room."""
+    if access.dm:
+        raise forbidden("a direct message is for its two people: make a room to add others")
+
+
 def check_remove(access: Access, actor: int, target: int) -> None:
-    """A member removes themself, or anyone if they created the room."""
-    if target != actor and access.created_by != actor:
+    """A member removes themself, or anyone if they created the room (not in a DM:
+    a DM has no moderation, so whoever opened it has no power over the other)."""
+    if target == actor:
+        return
+    if access.dm:
+        raise forbidden("nobody removes the other person of a direct message")
+    if access.created_by != actor:
         raise forbidden("only the room's creator removes someone else")
 
 

@@ -58,6 +58,7 @@ from .protocol import (
     SignUp,
     User,
     UserOut,
+    UsersOut,
     Welcome,
     check_body,
     decode_body,
@@ -226,6 +227,43 @@ async def create_bot(request: Request) -> Response:
     body: NewBot = await read_body(request, NewBot)
     token, bot = await _node(request).accounts.create_bot(user, body.username)
     return json_response(SessionOut(token=token, user=bot), 201)
+
+
+@endpoint
+async def rotate_bot_token(request: Request) -> Response:
+    user, _ = await current_user(request)
+    token, bot = await _node(request).replace_bot_tokens(
+        user, request.path_params["username"], rotate=True
+    )
+    assert token is not None
+    return json_response(SessionOut(token=token, user=bot), 201)
+
+
+@endpoint
+async def revoke_bot_tokens(request: Request) -> Response:
+    user, _ = await current_user(request)
+    await _node(request).replace_bot_tokens(user, request.path_params["username"], rotate=False)
+    return Response(status_code=204)
+
+
+@endpoint
+async def list_blocks(request: Request) -> Response:
+    user, _ = await current_user(request)
+    return json_response(UsersOut(users=await _node(request).blocks.blocked(user)))
+
+
+@endpoint
+async def block(request: Request) -> Response:
+    user, _ = await current_user(request)
+    await _node(request).blocks.block(user, request.path_params["username"])
+    return Response(status_code=204)
+
+
+@endpoint
+async def unblock(request: Request) -> Response:
+    user, _ = await current_user(request)
+    await _node(request).blocks.unblock(user, request.path_params["username"])
+    return Response(status_code=204)
 
 
 # -- rooms --------------------------------------------------------------------
@@ -555,6 +593,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/sessions", log_in, methods=["POST"]),
         Route("/api/sessions/current", log_out, methods=["DELETE"]),
         Route("/api/bots", create_bot, methods=["POST"]),
+        Route("/api/bots/{username}/token", rotate_bot_token, methods=["POST"]),
+        Route("/api/bots/{username}/token", revoke_bot_tokens, methods=["DELETE"]),
+        Route("/api/blocks", list_blocks, methods=["GET"]),
+        Route("/api/blocks/{username}", block, methods=["PUT"]),
+        Route("/api/blocks/{username}", unblock, methods=["DELETE"]),
         Route("/api/rooms", create_room, methods=["POST"]),
         Route("/api/rooms", list_rooms, methods=["GET"]),
         Route("/api/rooms/{room_id}/join", join_room, methods=["POST"]),

@@ -177,6 +177,9 @@ class Settings:
     outbound_queue_bytes: int = setting(4 * 1024 * 1024, _int(65536, 1 << 34))
     max_rooms_per_connection: int = setting(500, _int(1, 100000))
     max_connections_per_user: int = setting(50, _int(1, 100000))
+    # How many times an hour others may make one user a member of a room (adds and new
+    # DMs, counted per target on every process): beyond it, 429.
+    member_adds_per_hour: int = setting(100, _int(1, 1000000))
     # Fan-out and recovery.
     gap_grace: float = setting(0.05, _float(0, 10))
     reconcile_interval: float = setting(3.0, _float(0.05, 3600))

@@ -14,12 +14,14 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable, Sequence
 
 import msgspec
 
 from . import access, metrics
 from .accounts import Accounts
+from .blocks import Blocks
+from .bots import BotTokens
 from .broker import Broker, Presence
 from .config import Settings
 from .delivery import Position
@@ -45,6 +47,7 @@ from .protocol import (
     RemovedFrame,
     Send,
     Typing,
+    User,
     as_id,
     decode_envelope,
     encode_text,
@@ -75,13 +78,15 @@ class Node:
         # Log-outs for every process go here.
         self.control = f"{settings.redis_prefix}:control"
         self.accounts = Accounts(store, settings)
+        self.blocks = Blocks(store)
+        self.bot_tokens = BotTokens(store)
         self.hub = Hub(PENDING_LIMIT)
         # Background loops and fire-and-forget tasks, cancelled on stop.
         self.tasks: set[asyncio.Task[None]] = set()
         self.fanout = Fanout(settings, store, broker, self.hub, origin, self._spawn)
         self.presence = PresenceTracker(settings, presence, self.fanout)
         self.messages = Messages(settings, store, self.fanout)
-        self.rooms = Rooms(store, self.presence, self.removed)
+        self.rooms = Rooms(settings, store, self.presence, self.blocks, self.removed)
         # Set by `drain` at shutdown: connections are closed and new ones refused.
         self.draining = False
         # Set once draining and the last connection has gone.
@@ -268,7 +273,7 @@ class Node:
         kind = envelope.kind
         if channel == self.control:
             if kind is Kind.LOGOUT:
-                self._close_token(bytes.fromhex(envelope.target))
+                self._close_tokens(bytes.fromhex(h) for h in envelope.target.split(",") if h)
             return
         room = int(channel.rsplit(":", 1)[1])
         if kind is Kind.MESSAGE:
@@ -296,15 +301,35 @@ class Node:
         if state is not None and not state.conns:
             self._spawn(self.fanout.close(state), "release")
 
-    def _close_token(self, token_hash: bytes) -> None:
-        for conn in self.hub.by_token(token_hash):
-            conn.close(Close.UNAUTHORIZED, "logged out")
-            metrics.CLOSES.labels(str(Close.UNAUTHORIZED)).inc()
+    def _close_tokens(self, token_hashes: Iterable[bytes]) -> None:
+        for token_hash in token_hashes:
+            for conn in self.hub.by_token(token_hash):
+                conn.close(Close.UNAUTHORIZED, "logged out")
+                metrics.CLOSES.labels(str(Close.UNAUTHORIZED)).inc()
+
+    async def _revoked(self, token_hashes: Sequence[bytes]) -> None:
+        """Close the sockets of tokens whose sessions just ended, here and on every process.
+
+        One control publication (the hashes comma-separated) per call; a process that
+        misses it finds the ended sessions at its next access re-check.
+        """
+        if not token_hashes:
+            return
+        self._close_tokens(token_hashes)
+        target = ",".join(h.hex() for h in token_hashes)
+        await self.fanout.publish(self.control, Kind.LOGOUT, target=target)
 
     async def log_out(self, token_hash: bytes) -> None:
         await self.accounts.log_out(token_hash)
-        self._close_token(token_hash)
-        await self.fanout.publish(self.control, Kind.LOGOUT, target=token_hash.hex())
+        await self._revoked([token_hash])
+
+    async def replace_bot_tokens(
+        self, owner: User, username: str, *, rotate: bool
+    ) -> tuple[str | None, User]:
+        """Rotate (a new token) or revoke a bot's tokens; the old ones' sockets close with 4001."""
+        token, bot, ended = await self.bot_tokens.replace(owner, username, rotate=rotate)
+        await self._revoked(ended)
+        return token, bot
 
     async def _recheck_access(self) -> None:
         """Apply removals and log-outs whose broadcast was lost with the broker link.
@@ -323,8 +348,7 @@ class Node:
                 self._kick(room, user)
         tokens = {conn.token_hash for conn in self.hub.connections.values()}
         if tokens:
-            for token_hash in tokens - await self.store.live_sessions(sorted(tokens)):
-                self._close_token(token_hash)
+            self._close_tokens(tokens - await self.store.live_sessions(sorted(tokens)))
 
     async def _reconcile_loop(self) -> None:
         rechecked = time.monotonic()

@@ -42,6 +42,30 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "post", "/api/bots", "Create a bot you own", 201, p.SessionOut, p.NewBot, True, (409,)
     ),
+    Operation(
+        "post",
+        "/api/bots/{username}/token",
+        "Rotate a bot's token: a new one; the old ones end and their sockets close (4001)",
+        201,
+        p.SessionOut,
+        params=("username",),
+    ),
+    Operation(
+        "delete",
+        "/api/bots/{username}/token",
+        "Revoke every token of a bot you own; its sockets close (4001)",
+        204,
+        params=("username",),
+    ),
+    Operation("get", "/api/blocks", "The users you blocked", 200, p.UsersOut),
+    Operation(
+        "put",
+        "/api/blocks/{username}",
+        "Block someone: no DMs from them, no adding you to rooms",
+        204,
+        params=("username",),
+    ),
+    Operation("delete", "/api/blocks/{username}", "Unblock someone", 204, params=("username",)),
     Operation("post", "/api/rooms", "Create a room", 201, p.RoomOut, p.NewRoom),
     Operation("get", "/api/rooms", "Your rooms, with unread counts", 200, p.RoomsOut),
     Operation(

@@ -62,6 +62,9 @@ class Room(Struct):
     name: str
     private: bool
     created_by: User
+    # The other person of a DM as the caller sees it; None for every other room.
+    # Set by the server from the pair's key, so that no client guesses DMs from names.
+    dm: User | None = None
 
 
 class RoomSummary(Struct):
@@ -71,6 +74,7 @@ class RoomSummary(Struct):
     created_by: User
     last_seq: int
     unread: int
+    dm: User | None = None
 
 
 def iso(ts: dt.datetime) -> str:
@@ -403,6 +407,10 @@ class MessagesOut(Struct):
 
 class PresenceOut(Struct):
     online: list[User]
+
+
+class UsersOut(Struct):
+    users: list[User]
 
 
 class ErrorBody(Struct):

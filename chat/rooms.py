@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from . import access
+from .blocks import Blocks
+from .config import Settings
 from .errors import invalid, not_found
 from .presence import PresenceTracker
 from .protocol import Room, RoomSummary, User
@@ -16,15 +18,27 @@ from .store import Store
 
 # Applies a removal to live connections everywhere: (room, user id).
 Removed = Callable[[int, int], Awaitable[None]]
+# The window of the cap on how often others may make one user a member (seconds).
+MEMBER_ADD_WINDOW = 3600.0
 
 
 class Rooms:
     """The room use cases."""
 
-    def __init__(self, store: Store, presence: PresenceTracker, removed: Removed) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        presence: PresenceTracker,
+        blocks: Blocks,
+        removed: Removed,
+    ) -> None:
         self.store = store
         self.presence = presence
+        self.blocks = blocks
         self.removed = removed
+        # How often others may make one user a member, per MEMBER_ADD_WINDOW.
+        self.adds_per_window = settings.member_adds_per_hour
 
     async def create(self, user: User, name: str, private: bool) -> Room:
         return await self.store.create_room(name, private, user.id)
@@ -35,13 +49,17 @@ class Rooms:
     async def join(self, user: User, room: int) -> Room:
         if access.check_join(await access.room_access(self.store, room, user.id)):
             await self.store.add_member(room, user.id)
-        return await self.get(room)
+        return await self.get(room, user.id)
 
     async def add_member(self, user: User, room: int, username: str) -> Room:
-        await access.require_member(self.store, room, user.id)
+        access.check_add(await access.require_member(self.store, room, user.id))
         target = await self._user(username)
-        await self.store.add_member(room, target.id)
-        return await self.get(room)
+        if target.id != user.id:
+            await self.blocks.check(user, target)
+            await self.store.add_member_by(
+                room, target.id, user.id, MEMBER_ADD_WINDOW, self.adds_per_window
+            )
+        return await self.get(room, user.id)
 
     async def remove_member(self, user: User, room: int, username: str) -> None:
         found = await access.require_member(self.store, room, user.id)
@@ -55,14 +73,17 @@ class Rooms:
         other = await self._user(username)
         if other.id == user.id:
             raise invalid("a direct message needs someone else")
-        return await self.get(await self.store.dm_room(user, other))
+        await self.blocks.check(user, other)
+        room = await self.store.dm_room(user, other, MEMBER_ADD_WINDOW, self.adds_per_window)
+        return await self.get(room, user.id)
 
     async def online(self, user: User, room: int) -> list[User]:
         await access.require_member(self.store, room, user.id)
         return await self.presence.online(room)
 
-    async def get(self, room: int) -> Room:
-        found = await self.store.room(room)
+    async def get(self, room: int, caller: int) -> Room:
+        """The room as `caller` sees it (its `dm` is the other person of their DM)."""
+        found = await self.store.room(room, caller)
         if found is None:
             raise not_found("no such room")
         return found

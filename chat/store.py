@@ -53,6 +53,15 @@ Q_EDIT_MESSAGE = QUERIES["edit_message"]
 Q_DELETE_MESSAGE = QUERIES["delete_message"]
 Q_LOCK_ROOMS = QUERIES["lock_rooms"]
 Q_INSERT_MESSAGES = QUERIES["insert_messages"]
+Q_LOCK_TARGET = QUERIES["lock_target"]
+Q_ADD_MEMBER_BY = QUERIES["add_member_by"]
+Q_RECENT_ADDS = QUERIES["recent_adds"]
+Q_BLOCK = QUERIES["block"]
+Q_UNBLOCK = QUERIES["unblock"]
+Q_BLOCKED_USERS = QUERIES["blocked_users"]
+Q_IS_BLOCKED = QUERIES["is_blocked"]
+Q_BOT_BY_USERNAME = QUERIES["bot_by_username"]
+Q_REPLACE_SESSIONS = QUERIES["replace_sessions"]
 
 # Errors that mean "PostgreSQL is not reachable right now", not "the request is wrong".
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -85,10 +94,17 @@ class Access:
     created_by: int
     last_seq: int
     member: bool
+    # A direct-message room: no moderation, and nobody else comes in.
+    dm: bool = False
 
 
 def _user(row: Any, prefix: str = "") -> User:
     return User(id=row[prefix + "id"], username=row[prefix + "username"], bot=row[prefix + "bot"])
+
+
+def _dm(row: Any) -> User | None:
+    """The other person of a DM from the `dm_` columns; None for other rooms."""
+    return None if row["dm_id"] is None else _user(row, "dm_")
 
 
 def _room(row: Any) -> Room:
@@ -97,6 +113,13 @@ def _room(row: Any) -> Room:
         name=row["name"],
         private=row["private"],
         created_by=_user(row, "creator_"),
+        dm=_dm(row),
+    )
+
+
+def _too_many_adds() -> ChatError:
+    return ChatError(
+        "rate_limited", "this user was added to too many rooms lately: try again later"
     )
 
 
@@ -231,9 +254,10 @@ class Store:
         async with self._conn() as conn:
             return _room(await conn.fetchrow(Q_CREATE_ROOM, name, private, creator))
 
-    async def room(self, room: int) -> Room | None:
+    async def room(self, room: int, caller: int) -> Room | None:
+        """The room as `caller` sees it (its `dm` is the other person of their DM)."""
         async with self._conn() as conn:
-            row = await conn.fetchrow(Q_ROOM, room)
+            row = await conn.fetchrow(Q_ROOM, room, caller)
         return None if row is None else _room(row)
 
     async def access(self, room: int, user: int) -> Access | None:
@@ -241,7 +265,9 @@ class Store:
             row = await conn.fetchrow(Q_ROOM_ACCESS, room, user)
         if row is None:
             return None
-        return Access(row["private"], row["created_by"], row["last_seq"], row["member"])
+        return Access(
+            row["private"], row["created_by"], row["last_seq"], row["member"], dm=row["dm"]
+        )
 
     async def rooms_of_user(self, user: int) -> list[RoomSummary]:
         async with self._conn() as conn:
@@ -254,6 +280,7 @@ class Store:
                 created_by=_user(r, "creator_"),
                 last_seq=r["last_seq"],
                 unread=r["unread"],
+                dm=_dm(r),
             )
             for r in rows
         ]
@@ -266,17 +293,81 @@ class Store:
         async with self._conn() as conn:
             return await conn.fetchval(Q_REMOVE_MEMBER, room, user) is not None
 
-    async def dm_room(self, user: User, other: User) -> int:
-        """The one private room of a pair, created by whichever caller comes first."""
+    async def add_member_by(
+        self, room: int, target: int, actor: int, window: float, cap: int
+    ) -> bool:
+        """`actor` puts `target` into `room`, unless others did so `cap` times within
+        `window` seconds (rate_limited). False if they were a member already.
+
+        The target's row lock orders concurrent adds of one user on every process, so
+        the count each one reads includes the others.
+        """
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(Q_LOCK_TARGET, target)
+            row = await conn.fetchrow(Q_ADD_MEMBER_BY, room, target, actor, window, cap)
+        if row["added"]:
+            return True
+        if row["was_member"] or row["recent"] < cap:
+            return False  # a member already, or they joined by themselves meanwhile
+        raise _too_many_adds()
+
+    async def dm_room(self, user: User, other: User, window: float, cap: int) -> int:
+        """The one private room of a pair, created by whichever caller comes first.
+
+        Opening an existing DM puts back only the caller, never the other person. A new
+        DM puts `other` into a room, so it counts against their cap of adds by others.
+        """
         low, high = sorted((user.id, other.id))
         key = f"{low}:{high}"
         name = f"{user.username} & {other.username}"
-        async with self._conn() as conn:
-            room = await conn.fetchval(Q_CREATE_DM, user.id, other.id, name, key)
+        async with self._conn() as conn, conn.transaction():
+            room = await conn.fetchval(Q_DM_ROOM_ID, key, user.id)
             if room is None:
-                room = await conn.fetchval(Q_DM_ROOM_ID, key, user.id, other.id)
+                await conn.execute(Q_LOCK_TARGET, other.id)
+                if await conn.fetchval(Q_RECENT_ADDS, other.id, window) >= cap:
+                    raise _too_many_adds()
+                room = await conn.fetchval(Q_CREATE_DM, user.id, other.id, name, key)
+            if room is None:  # the other side created it meanwhile (and committed)
+                room = await conn.fetchval(Q_DM_ROOM_ID, key, user.id)
         assert room is not None
         return int(room)
+
+    # -- blocks -------------------------------------------------------------
+
+    async def block(self, blocker: int, blocked: int) -> None:
+        async with self._conn() as conn:
+            await conn.execute(Q_BLOCK, blocker, blocked)
+
+    async def unblock(self, blocker: int, blocked: int) -> None:
+        async with self._conn() as conn:
+            await conn.execute(Q_UNBLOCK, blocker, blocked)
+
+    async def blocked_users(self, blocker: int) -> list[User]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(Q_BLOCKED_USERS, blocker)
+        return [_user(r) for r in rows]
+
+    async def is_blocked(self, blocker: int, blocked: int) -> bool:
+        """Whether `blocker` blocked `blocked`."""
+        async with self._conn() as conn:
+            return bool(await conn.fetchval(Q_IS_BLOCKED, blocker, blocked))
+
+    # -- bot tokens ---------------------------------------------------------
+
+    async def bot_by_username(self, username: str) -> tuple[User, int] | None:
+        """A bot and its owner's id; None for an unknown name or a person's."""
+        if "\x00" in username:
+            return None
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q_BOT_BY_USERNAME, username)
+        return None if row is None else (_user(row), int(row["owner_id"]))
+
+    async def replace_sessions(self, user: int, token_hash: bytes | None) -> list[bytes]:
+        """End every session of `user` and start `token_hash`'s (if given) at once;
+        returns the ended sessions' hashes."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(Q_REPLACE_SESSIONS, user, token_hash)
+        return [bytes(r["token_hash"]) for r in rows]
 
     async def set_read(self, room: int, user: int, seq: int) -> int | None:
         async with self._conn() as conn:

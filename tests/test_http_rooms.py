@@ -22,8 +22,9 @@ def error(response: httpx.Response) -> tuple[int, str]:
 
 
 def room_shape(room: dict[str, Any]) -> None:
-    assert set(room) == {"id", "name", "private", "created_by"}, room
+    assert set(room) == {"id", "name", "private", "created_by", "dm"}, room
     assert set(room["created_by"]) == {"id", "username", "bot"}, room
+    assert room["dm"] is None or set(room["dm"]) == {"id", "username", "bot"}, room
 
 
 @pytest.fixture
@@ -108,8 +109,8 @@ async def test_list_rooms_shows_only_the_callers_rooms(alice: Api, bob: Api) -> 
     assert mine["id"] in rooms
     assert theirs["id"] not in rooms
     entry = rooms[mine["id"]]
-    assert set(entry) == {"id", "name", "private", "created_by", "last_seq", "unread"}
-    assert {k: entry[k] for k in ("id", "name", "private", "created_by")} == mine
+    assert set(entry) == {"id", "name", "private", "created_by", "dm", "last_seq", "unread"}
+    assert {k: entry[k] for k in ("id", "name", "private", "created_by", "dm")} == mine
     assert entry["last_seq"] == 0 and entry["unread"] == 0
 
 
@@ -374,7 +375,8 @@ async def test_dm_is_the_same_private_room_from_either_side(
 
 
 async def test_reopening_a_dm_brings_back_whoever_left(alice: Api, bob: Api) -> None:
-    """Who left a DM is back in it when either side opens it again: it stays the pair's room."""
+    """Who left a DM is back in it when they open it again themselves (not when the other
+    side does): it stays the pair's room, history included."""
     room = (await alice.raw("POST", "/api/dms", json={"username": bob.username})).json()["room"]
     await alice.post(room["id"], "before you left")
     r = await bob.raw("DELETE", f"/api/rooms/{room['id']}/members/{bob.username}")
@@ -383,11 +385,15 @@ async def test_reopening_a_dm_brings_back_whoever_left(alice: Api, bob: Api) -> 
     again = (await alice.raw("POST", "/api/dms", json={"username": bob.username})).json()
     assert again["room"]["id"] == room["id"]
     await alice.post(room["id"], "are you there?")
+    assert error(await bob.raw("GET", f"/api/rooms/{room['id']}/messages")) == (403, "forbidden")
+    back = (await bob.raw("POST", "/api/dms", json={"username": alice.username})).json()
+    assert back["room"]["id"] == room["id"]
     assert [m["body"] for m in await bob.history(room["id"])] == [
         "before you left",
         "are you there?",
     ]
-    assert (await listed(bob))[room["id"]]["unread"] == 1
+    # Like anyone who joins, he comes back with the room read.
+    assert (await listed(bob))[room["id"]]["unread"] == 0
 
 
 async def test_dm_errors(alice: Api) -> None:

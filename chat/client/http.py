@@ -8,7 +8,7 @@ becomes a `ServerError` with the contract's code.
 from __future__ import annotations
 
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import msgspec
@@ -25,6 +25,7 @@ from ..protocol import (
     SessionOut,
     User,
     UserOut,
+    UsersOut,
 )
 from .errors import ServerError
 
@@ -47,6 +48,11 @@ def ws_url(url: str) -> str:
     base = urlsplit(http_base(url))
     scheme = "wss" if base.scheme == "https" else "ws"
     return urlunsplit((scheme, base.netloc, base.path + "/ws", "", ""))
+
+
+def _seg(text: str) -> str:
+    """A path segment: a username is sent as typed, never as more of the path."""
+    return quote(text, safe="")
 
 
 class HttpApi:
@@ -121,6 +127,26 @@ class HttpApi:
         """A bot account owned by this user, with its own token."""
         return await self._call(SessionOut, "POST", "/api/bots", json={"username": username})
 
+    async def rotate_bot_token(self, username: str) -> SessionOut:
+        """A new token for a bot you own; its old tokens stop and their sockets close (4001)."""
+        return await self._call(SessionOut, "POST", f"/api/bots/{_seg(username)}/token")
+
+    async def revoke_bot_tokens(self, username: str) -> None:
+        """End every token of a bot you own; its sockets close with 4001."""
+        await self._request("DELETE", f"/api/bots/{_seg(username)}/token")
+
+    async def block(self, username: str) -> None:
+        """Stop `username` from opening a DM with you or adding you to rooms."""
+        await self._request("PUT", f"/api/blocks/{_seg(username)}")
+
+    async def unblock(self, username: str) -> None:
+        await self._request("DELETE", f"/api/blocks/{_seg(username)}")
+
+    async def blocks(self) -> list[User]:
+        """The users you blocked."""
+        out = await self._call(UsersOut, "GET", "/api/blocks")
+        return out.users
+
     async def create_room(self, name: str, private: bool = False) -> Room:
         body = {"name": name, "private": private}
         out = await self._call(RoomOut, "POST", "/api/rooms", json=body)
@@ -138,6 +164,15 @@ class HttpApi:
     async def add_member(self, room: int, username: str) -> Room:
         body = {"username": username}
         out = await self._call(RoomOut, "POST", f"/api/rooms/{room}/members", json=body)
+        return out.room
+
+    async def remove_member(self, room: int, username: str) -> None:
+        """Leave a room (your own name), or remove someone from a room you created."""
+        await self._request("DELETE", f"/api/rooms/{room}/members/{_seg(username)}")
+
+    async def dm(self, username: str) -> Room:
+        """The direct-message room with `username`; its `dm` is that user."""
+        out = await self._call(RoomOut, "POST", "/api/dms", json={"username": username})
         return out.room
 
     async def history(

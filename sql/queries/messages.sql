@@ -65,14 +65,15 @@ LEFT JOIN users u ON u.id = up.sender_id;
 
 -- name: delete_message
 -- The sender or the room's creator deletes; the row stays as a tombstone with its seq.
+-- A DM has no moderation: there only the sender deletes, whoever opened it.
 WITH target AS (
-    SELECT m.id, m.seq, m.sender_id, r.created_by
+    SELECT m.id, m.seq, m.sender_id, r.created_by, (r.dm_key IS NOT NULL) AS dm
     FROM messages m JOIN rooms r ON r.id = m.room_id
     WHERE m.id = $2 AND m.room_id = $1
 ), updated AS (
     UPDATE messages m SET body = NULL, deleted = true
     FROM target t
-    WHERE m.id = t.id AND $3 IN (t.sender_id, t.created_by)
+    WHERE m.id = t.id AND (t.sender_id = $3 OR (t.created_by = $3 AND NOT t.dm))
     RETURNING m.id
 )
 SELECT t.seq, (SELECT count(*) FROM updated) AS deleted

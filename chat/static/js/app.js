@@ -300,6 +300,8 @@ function newRoom(room) {
     name: room.name,
     private: Boolean(room.private),
     createdBy: room.created_by || null,
+    // The other person when the server says this is a DM; null for every other room.
+    dm: room.dm || null,
     lastSeq: Number(room.last_seq) || 0,
     readSeq: Math.max(0, (Number(room.last_seq) || 0) - (Number(room.unread) || 0)),
     readSentSeq: 0,
@@ -325,14 +327,16 @@ function newRoom(room) {
   return r;
 }
 
+// The other person's username if the server says the room is a DM. Only the server's
+// `dm` field counts: a room's name is anyone's to choose ("alice & you" is no DM).
 function dmPeer(r) {
-  if (!r.private || !state.me) return null;
-  const parts = r.name.split(" & ");
-  if (parts.length !== 2) return null;
-  const me = state.me.username.toLowerCase();
-  if (parts[0].toLowerCase() === me) return parts[1];
-  if (parts[1].toLowerCase() === me) return parts[0];
-  return null;
+  return r.dm && typeof r.dm.username === "string" ? r.dm.username : null;
+}
+
+// Rooms in the order to join them: DMs first, so that if others put us into more rooms
+// than a connection may join, the conversations with one person are still live.
+function dmsFirst(rooms) {
+  return [...rooms].sort((a, b) => Number(Boolean(b.dm)) - Number(Boolean(a.dm)));
 }
 
 function displayName(r) {
@@ -358,6 +362,7 @@ async function refreshRooms({ join = true } = {}) {
       r.name = summary.name;
       r.private = Boolean(summary.private);
       r.createdBy = summary.created_by || r.createdBy;
+      r.dm = summary.dm || null;
       const serverRead = Number(summary.last_seq) - Number(summary.unread);
       r.lastSeq = Math.max(r.lastSeq, Number(summary.last_seq));
       r.readSeq = Math.max(r.readSeq, serverRead);
@@ -366,7 +371,7 @@ async function refreshRooms({ join = true } = {}) {
     }
   }
   renderRoomLists();
-  if (join && state.conn && state.conn.ready) for (const r of added) joinRoom(r);
+  if (join && state.conn && state.conn.ready) for (const r of dmsFirst(added)) joinRoom(r);
   return added;
 }
 
@@ -449,7 +454,7 @@ function renderRoomItem(r) {
   b.classList.toggle("has-unread", count > 0);
   if (state.activeKey === r.key) b.setAttribute("aria-current", "page");
   else b.removeAttribute("aria-current");
-  const online = peer && [...r.online.values()].some((u) => u.username.toLowerCase() === peer.toLowerCase());
+  const online = peer && [...r.online.values()].some((u) => sameId(u.id, r.dm.id));
   b.classList.toggle("peer-online", Boolean(online));
   updateTitle();
 }
@@ -580,7 +585,10 @@ function renderRoomHeader() {
   else if (r.private) sub = "Private room · members add people";
   else sub = `Public room · id ${r.id} · others join with this id`;
   $("room-sub").textContent = sub;
-  $("room-tools").hidden = Boolean(peer);
+  // Anyone may leave any room, a DM included (the other side cannot bring them back);
+  // nobody adds a third person to a DM.
+  $("room-tools").hidden = false;
+  $("leave-room").textContent = peer ? "Leave conversation" : "Leave room";
   $("add-member-form").hidden = !r.private || Boolean(peer);
 }
 
@@ -1233,7 +1241,7 @@ async function onWelcome(frame) {
     /* join what we know */
   }
   if (gen !== state.connGen || !state.conn || !state.conn.ready) return;
-  const joins = [...state.rooms.values()].map((r) => joinRoom(r));
+  const joins = dmsFirst(state.rooms.values()).map((r) => joinRoom(r));
   // Sends that never got their `ok` go again, in order, with their client_id.
   for (const p of state.pending.values()) dispatchPending(p);
   await Promise.all(joins);
