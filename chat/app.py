@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
@@ -182,6 +182,11 @@ def endpoint(handler: Handler) -> Handler:
         except ChatError as exc:
             metrics.ERRORS.labels(exc.code).inc()
             response = error_response(exc.code, exc.message, exc.status)
+        except ClientDisconnect:
+            # The client went away before its body was in: nothing failed here, and no
+            # answer can reach it. 499, as nginx counts it, keeps it out of the 5xx.
+            log.info("client went away", extra={"path": request.url.path})
+            response = Response(status_code=499)
         except Exception:
             log.exception("request failed", extra={"path": request.url.path})
             response = error_response("internal", "the server failed; it has been logged")
