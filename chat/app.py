@@ -59,7 +59,6 @@ from .protocol import (
     User,
     UserOut,
     Welcome,
-    check_body,
     decode_body,
     decode_frame,
     encode,
@@ -240,8 +239,6 @@ async def create_bot(request: Request) -> Response:
 async def create_room(request: Request) -> Response:
     user, _ = await current_user(request)
     body: NewRoom = await read_body(request, NewRoom)
-    if body.name.isspace():
-        raise invalid("`name` must not be only white space")
     room = await _node(request).create_room(user, body.name.strip(), body.private)
     return json_response(RoomOut(room=room), 201)
 
@@ -299,7 +296,6 @@ async def post_message(request: Request) -> Response:
     user, _ = await current_user(request)
     room = _id(request)
     body: NewMessage = await read_body(request, NewMessage)
-    check_body(body.body)
     message = await _node(request).send(user, room, body.body, body.client_id)
     return json_response(MessageOut(message=message), 201)
 

@@ -3,14 +3,23 @@
 F1: one send holding a value PostgreSQL refuses (an id above 2^63-1, a NUL) must
 fail alone, never the innocent sends that share its batch. F9: a client that
 goes away mid-request and a frame with an out-of-range id are no ERROR log
-lines. F12: names and bodies made only of invisible characters are `invalid`.
+lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import secrets
+from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
+
+from chat.config import Settings
+from chat.errors import ChatError
+from chat.protocol import Message, User
+from chat.store import Store
 
 from .support import Api, ServerProcess, Ws
 
@@ -44,6 +53,138 @@ async def exchange(
             if frame["type"] in ("ok", "error") and frame.get("ref") in refs:
                 replies[frame["ref"]] = frame
     return [replies[ref] for ref in refs]
+
+
+# -- F1: group-commit poisoning --------------------------------------------------
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """A Store on the run's database with one write lane, so that queued sends form one batch."""
+    settings = Settings(database_url=database_url, write_batches=1, db_pool_min=1, db_pool_max=2)
+    store = await Store.connect(settings)
+    yield store
+    await store.close()
+
+
+@pytest.mark.parametrize("poison", ["body", "client_id", "room"])
+async def test_poisoned_item_fails_alone_in_a_batch(store: Store, poison: str) -> None:
+    """A batch with one value PostgreSQL refuses stores the rest; only that send is `invalid`."""
+    user = await store.create_user(f"poison{secrets.token_hex(4)}", "not-a-real-hash")
+    room = (await store.create_room("batch", False, user.id)).id
+    # The first send takes the one lane; the rest queue behind it and go as one batch.
+    items: list[tuple[int, str, str | None]] = [(room, f"good {n}", f"c{n}") for n in range(12)]
+    bad = {
+        "body": (room, "nul \x00 inside", "bad"),
+        "client_id": (room, "fine body", "nul\x00"),
+        "room": (2**63, "fine body", "bad"),
+    }[poison]
+    items.insert(6, bad)
+    results = await asyncio.gather(
+        *(store.insert_message(r, user, body, cid) for r, body, cid in items),
+        return_exceptions=True,
+    )
+    failed = results.pop(6)
+    assert isinstance(failed, ChatError) and failed.code == "invalid", repr(failed)
+    stored: list[Message] = []
+    for result in results:
+        assert isinstance(result, tuple) and result[1], repr(result)
+        stored.append(result[0])
+    assert sorted(m.seq for m in stored) == list(range(1, 13))
+    history = await store.messages_after(room, 0, 100)
+    assert [(m.seq, m.body) for m in history] == sorted((m.seq, m.body) for m in stored)
+    assert {m.body for m in history} == {f"good {n}" for n in range(12)}
+
+
+async def test_store_refuses_bad_values_as_invalid(store: Store) -> None:
+    """Alone (no batch), every query refuses a value PostgreSQL rejects as `invalid`."""
+    user = await store.create_user(f"poison{secrets.token_hex(4)}", "not-a-real-hash")
+    room = (await store.create_room("alone", False, user.id)).id
+    with pytest.raises(ChatError) as info:
+        await store.insert_message(room, user, "nul\x00", None)
+    assert info.value.code == "invalid"
+    with pytest.raises(ChatError) as info:
+        await store.access(2**63, user.id)
+    assert info.value.code == "invalid"
+    with pytest.raises(ChatError) as info:
+        await store.edit_message(room, 2**63, user.id, "x")
+    assert info.value.code == "invalid"
+    # The pool is fine afterwards.
+    result = await store.insert_message(room, User(user.id, user.username), "after", None)
+    assert result is not None and result[0].seq == 1
+
+
+POISONED = [
+    {"type": "send", "room": BIG, "body": "poison"},
+    {"type": "send", "room": "OWN", "body": "poison", "client_id": "nul\x00"},
+    {"type": "send", "room": "OWN", "body": "nul\x00"},
+    # SURR
+    {"type": "send", "room": "OWN", "body": "poison", "ref": "nul\x00"},
+    {"type": "edit", "room": "OWN", "id": BIG, "body": "poison"},
+    {"type": "delete", "room": BIG, "id": 1},
+    {"type": "join", "room": BIG},
+    {"type": "read", "room": BIG, "seq": 1},
+]
+
+
+async def test_poisoned_frames_do_not_fail_innocent_sends(servers: Pair) -> None:
+    """180 sends from 8 sockets on both processes all get ok while poisoned frames get invalid."""
+    a, b = servers
+    senders = [await Api.new_user(a.url, "good") for _ in range(4)]
+    attacker = await Api.new_user(a.url, "evil")
+    sockets: list[Ws] = []
+    try:
+        room = (await senders[0].create_room("innocent"))["id"]
+        for api in senders[1:]:
+            await api.join(room)
+        own = (await attacker.create_room("elsewhere"))["id"]
+        good_ws = [await Ws.connect(p.ws_url, api.token) for api in senders for p in (a, b)]
+        evil_ws = [await Ws.connect(p.ws_url, attacker.token) for p in (a, b)]
+        sockets = good_ws + evil_ws
+        since = [len(a.lines), len(b.lines)]
+
+        good = [[] for _ in good_ws]  # type: list[list[dict[str, Any]]]
+        for n in range(180):
+            good[n % len(good_ws)].append({"type": "send", "room": room, "body": f"good {n}"})
+        poisoned: list[dict[str, Any]] = []
+        for _ in range(3):
+            for frame in POISONED:
+                frame = {**frame}
+                if frame.get("room") == "OWN":
+                    frame["room"] = own
+                poisoned.append(frame)
+
+        async def evil(ws: Ws) -> list[dict[str, Any]]:
+            # Each poisoned frame is sent while the good sends are in flight.
+            replies = []
+            for frame in poisoned:
+                if "ref" in frame:  # the poison is the ref itself: no fresh ref for it
+                    await ws.send(frame)
+                    replies.append(await ws.expect("error"))
+                else:
+                    replies += await exchange(ws, [frame])
+            return replies
+
+        results = await asyncio.gather(
+            *(exchange(ws, frames) for ws, frames in zip(good_ws, good, strict=True)),
+            *(evil(ws) for ws in evil_ws),
+        )
+        good_replies = [reply for replies in results[: len(good_ws)] for reply in replies]
+        evil_replies = [reply for replies in results[len(good_ws) :] for reply in replies]
+        assert [r for r in good_replies if r["type"] != "ok"] == []
+        assert [r for r in evil_replies if r.get("code") != "invalid"] == []
+        assert len(evil_replies) == 2 * len(poisoned)
+
+        history = await senders[0].all_messages(room)
+        assert [m["seq"] for m in history] == list(range(1, 181))
+        assert sorted(m["body"] for m in history) == sorted(f"good {n}" for n in range(180))
+        assert await attacker.all_messages(own) == []
+        assert error_lines(a, since[0]) == [] and error_lines(b, since[1]) == []
+    finally:
+        for ws in sockets:
+            await ws.close()
+        for api in [*senders, attacker]:
+            await api.close()
 
 
 # -- F9: no error-log floods -----------------------------------------------------
@@ -85,3 +226,34 @@ async def test_client_gone_mid_body_is_no_error(server: ServerProcess, anon: Api
     # The process still answers both routes properly.
     r = await anon.raw("POST", "/api/sessions", json={"username": "nobody", "password": "x" * 8})
     assert r.status_code == 401, r.text
+
+
+async def test_out_of_range_ids_are_invalid_without_error_log(
+    server: ServerProcess, alice: Api
+) -> None:
+    """Frames with ids above 2^63-1 get `invalid` naming the field and log no ERROR."""
+    room = (await alice.create_room("range"))["id"]
+    since = len(server.lines)
+    ws = await Ws.connect(server.ws_url, alice.token)
+    try:
+        frames: list[tuple[dict[str, Any], str]] = [
+            ({"type": "join", "room": BIG}, "room"),
+            ({"type": "join", "room": int(BIG)}, "room"),
+            ({"type": "leave", "room": BIG}, "room"),
+            ({"type": "send", "room": BIG, "body": "x"}, "room"),
+            ({"type": "edit", "room": room, "id": BIG, "body": "x"}, "id"),
+            ({"type": "delete", "room": room, "id": "99999999999999999999"}, "id"),
+            ({"type": "read", "room": BIG, "seq": 0}, "room"),
+            ({"type": "typing", "room": BIG}, "room"),
+        ]
+        replies = await exchange(ws, [frame for frame, _ in frames])
+        for (frame, field), reply in zip(frames, replies, strict=True):
+            assert reply["type"] == "error" and reply["code"] == "invalid", (frame, reply)
+            assert f"`{field}`" in reply["message"], (frame, reply)
+        # The largest id is still an id: a room that does not exist.
+        reply = await ws.call({"type": "join", "room": "9223372036854775807"})
+        assert reply["code"] == "not_found", reply
+    finally:
+        await ws.close()
+    await server.wait_for_lines(lambda line: "disconnected" in line, 1, since)
+    assert error_lines(server, since) == []
