@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import typing
+import unicodedata
 from typing import Annotated, Any
 
 import msgspec
@@ -27,7 +28,7 @@ ClientId = Annotated[str, Meta(min_length=1, max_length=64)]
 # `\Z`, not `$`: in Python `$` also matches before a trailing newline.
 Username = Annotated[str, Meta(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.\-]+\Z")]
 Password = Annotated[str, Meta(min_length=8, max_length=256)]
-# Bodies and room names are checked further by `check_fields` (not only white space, no NUL).
+# Bodies and room names are checked further by `check_fields` (not blank, no NUL).
 Body = Annotated[str, Meta(min_length=1, max_length=4000)]
 RoomName = Annotated[str, Meta(min_length=1, max_length=100)]
 
@@ -84,6 +85,40 @@ def iso(ts: dt.datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
+# Default_Ignorable_Code_Point beyond category Cf (Unicode's DerivedCoreProperties):
+# combining grapheme joiner, Hangul fillers, Khmer inherent vowels, variation
+# selectors, and the reserved and tag planes. Each draws nothing on its own.
+_IGNORABLE_RANGES = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x2065, 0x2065),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0xE0000, 0xE0FFF),
+)
+
+
+def _invisible(char: str) -> bool:
+    if char.isspace() or unicodedata.category(char) == "Cf":
+        return True
+    code = ord(char)
+    return any(low <= code <= high for low, high in _IGNORABLE_RANGES)
+
+
+def is_blank(text: str) -> bool:
+    """Whether `text` shows nothing, so that a body or room name made of it is refused.
+
+    Blank is empty, or only white space, format characters (category Cf: zero-width
+    space, joiners, BOM, soft hyphen) and the other default-ignorable code points
+    (Hangul fillers, variation selectors): "\u200b" is blank, "a\u200bb" is not.
+    """
+    return all(_invisible(char) for char in text)
+
+
 def check_text(text: str, name: str) -> str:
     """The rules of every string a client sends, in any field of any frame or body."""
     # PostgreSQL text cannot hold NUL, and no name, id, ref or body needs one.
@@ -98,7 +133,8 @@ def check_body(body: str, name: str = "body") -> str:
     """The rules of a message body (or room name) beyond the length bound msgspec checks."""
     if len(body) > MAX_BODY_CHARS:
         raise FrameError(f"`{name}` must be at most {MAX_BODY_CHARS} characters")
-    if not body or body.isspace():
+    if is_blank(body):
+        # Zero-width and other invisible characters count as white space here.
         raise FrameError(f"`{name}` must not be empty or only white space")
     return check_text(body, name)
 

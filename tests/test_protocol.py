@@ -26,6 +26,7 @@ from chat.protocol import (
     decode_body,
     decode_frame,
     encode_text,
+    is_blank,
     peek_ref,
 )
 
@@ -66,6 +67,7 @@ def test_ids_may_come_back_as_digit_strings() -> None:
         (b'{"type": "send", "room": 1, "body": "\\ud800"}', "`body` must not contain a lone"),
         (b'{"type": "send", "room": 1, "body": "x", "client_id": "\\udfff"}', "`client_id`"),
         (b'{"type": "send", "room": 1, "body": "x", "client_id": "a\\u0000"}', "`client_id`"),
+        (b'{"type": "send", "room": 1, "body": "\\u200b\\u2060"}', "white space"),
         (b'{"type": "ping", "ref": "r\\u0000"}', "`ref`"),
         (b'{"type": "hello", "token": "t\\u0000"}', "`token`"),
         (b'{"type": "join", "room": "9223372036854775808"}', "`room` must be an id"),
@@ -102,15 +104,35 @@ def test_checked_fields_come_from_the_annotations() -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    ["", " \t\n", "\u200b", "\u2060\ufeff", "\u00ad", "\u115f\u3164", "\ufe0f", "\U000e0041"],
+)
+def test_invisible_text_is_blank(text: str) -> None:
+    """White space, format characters and other default-ignorables show nothing: blank."""
+    assert is_blank(text)
+    with pytest.raises(FrameError, match="white space"):
+        check_body(text)
+
+
+@pytest.mark.parametrize("text", ["a", "a\u200bb", "\u200b.", "👍\ufe0f", "\u3164x"])
+def test_visible_text_is_not_blank(text: str) -> None:
+    """One visible character among invisible ones is enough."""
+    assert not is_blank(text)
+    assert check_body(text) == text
+
+
+@pytest.mark.parametrize(
     ("raw", "type_", "needle"),
     [
+        (b'{"name": "\\u200b"}', NewRoom, "`name` must not be empty or only white space"),
         (b'{"name": " "}', NewRoom, "`name`"),
+        (b'{"body": "\\ufeff"}', NewMessage, "`body`"),
         (b'{"body": "x", "client_id": "a\\u0000"}', NewMessage, "`client_id`"),
         (b'{"body": "x", "client_id": "\\ud800"}', NewMessage, "`client_id`"),
     ],
 )
 def test_http_bodies_get_the_frame_rules(raw: bytes, type_: type, needle: str) -> None:
-    """HTTP bodies pass the same checks as frames: NUL, lone surrogates, blank names."""
+    """HTTP bodies pass the same checks as frames: NUL, lone surrogates, blank names and bodies."""
     with pytest.raises(FrameError) as info:
         decode_body(raw, type_)
     assert needle in str(info.value)
@@ -226,6 +248,6 @@ def test_every_frame_type_with_random_fields(kind: str, fields: dict[str, object
         return
     body = getattr(frame, "body", None)
     if body is not None:
-        assert 0 < len(body) <= 4000 and not body.isspace() and "\x00" not in body
+        assert 0 < len(body) <= 4000 and not is_blank(body) and "\x00" not in body
     room = getattr(frame, "room", 1)
     assert isinstance(room, int | str)

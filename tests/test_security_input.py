@@ -3,7 +3,7 @@
 F1: one send holding a value PostgreSQL refuses (an id above 2^63-1, a NUL) must
 fail alone, never the innocent sends that share its batch. F9: a client that
 goes away mid-request and a frame with an out-of-range id are no ERROR log
-lines.
+lines. F12: names and bodies made only of invisible characters are `invalid`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from chat.config import Settings
@@ -119,6 +120,7 @@ POISONED = [
     {"type": "send", "room": "OWN", "body": "poison", "client_id": "nul\x00"},
     {"type": "send", "room": "OWN", "body": "nul\x00"},
     # SURR
+    {"type": "send", "room": "OWN", "body": "\u200b\u2060"},
     {"type": "send", "room": "OWN", "body": "poison", "ref": "nul\x00"},
     {"type": "edit", "room": "OWN", "id": BIG, "body": "poison"},
     {"type": "delete", "room": BIG, "id": 1},
@@ -257,3 +259,74 @@ async def test_out_of_range_ids_are_invalid_without_error_log(
         await ws.close()
     await server.wait_for_lines(lambda line: "disconnected" in line, 1, since)
     assert error_lines(server, since) == []
+
+
+# -- F12: invisible names and bodies -----------------------------------------------
+
+INVISIBLE = [
+    "\u200b",
+    "\u2060",
+    "\ufeff",
+    "\u200b\u2060\ufeff",
+    " \u200b\t\u200d\u00a0",
+    "\u00ad",
+    "\u115f",
+    "\u3164",
+    "\ufe0f",
+    "\u180e",
+    "\U000e0001\U000e0020",
+]
+VISIBLE_WITH_INVISIBLE = ["a\u200bb", "\u200b.", "👍\ufe0f", "\u3164x", "ok\u2060"]
+
+
+def status_code(response: httpx.Response) -> tuple[int, str | None]:
+    body = response.json()
+    return response.status_code, body.get("error", {}).get("code")
+
+
+@pytest.mark.parametrize("text", INVISIBLE)
+async def test_invisible_room_name_and_body_are_invalid_over_http(alice: Api, text: str) -> None:
+    """A room name or body of only invisible characters is 422 invalid; nothing is stored."""
+    r = await alice.raw("POST", "/api/rooms", json={"name": text})
+    assert status_code(r) == (422, "invalid"), r.text
+    assert "`name`" in r.json()["error"]["message"]
+    room = (await alice.create_room("blank"))["id"]
+    r = await alice.raw("POST", f"/api/rooms/{room}/messages", json={"body": text})
+    assert status_code(r) == (422, "invalid"), r.text
+    assert "`body`" in r.json()["error"]["message"]
+    assert await alice.history(room) == []
+
+
+async def test_visible_text_with_invisible_characters_is_kept(alice: Api) -> None:
+    """Real characters beside zero-width ones are accepted and stored exactly."""
+    for text in VISIBLE_WITH_INVISIBLE:
+        assert (await alice.create_room(text))["name"] == text
+    room = (await alice.create_room("mixed"))["id"]
+    for text in VISIBLE_WITH_INVISIBLE:
+        assert (await alice.post(room, text))["body"] == text
+    assert [m["body"] for m in await alice.history(room)] == VISIBLE_WITH_INVISIBLE
+
+
+async def test_invisible_body_is_invalid_over_websocket(servers: Pair, alice: Api) -> None:
+    """`send` and `edit` with a body of only invisible characters get `invalid`; nothing changes."""
+    _, b = servers
+    room = (await alice.create_room("ws-blank"))["id"]
+    original = await alice.post(room, "original")
+    ws = await Ws.connect(b.ws_url, alice.token)
+    try:
+        frames = []
+        for text in INVISIBLE:
+            frames.append({"type": "send", "room": room, "body": text})
+            frames.append({"type": "edit", "room": room, "id": original["id"], "body": text})
+        for frame, reply in zip(frames, await exchange(ws, frames), strict=True):
+            assert reply["type"] == "error" and reply["code"] == "invalid", (frame, reply)
+            assert "`body`" in reply["message"], reply
+        ok = await ws.call({"type": "send", "room": room, "body": "a\u200bb"})
+        assert ok["type"] == "ok" and ok["message"]["body"] == "a\u200bb", ok
+    finally:
+        await ws.close()
+    history = await alice.history(room)
+    assert [(m["body"], m["edited_at"]) for m in history] == [
+        ("original", None),
+        ("a\u200bb", None),
+    ]
