@@ -19,7 +19,7 @@ import pytest
 
 from chat.config import Settings
 from chat.errors import ChatError
-from chat.protocol import Message, User
+from chat.protocol import Message
 from chat.store import Store
 
 from .support import Api, ServerProcess, Ws
@@ -111,7 +111,7 @@ async def test_store_refuses_bad_values_as_invalid(store: Store) -> None:
         await store.edit_message(room, 2**63, user.id, "x")
     assert info.value.code == "invalid"
     # The pool is fine afterwards.
-    result = await store.insert_message(room, User(user.id, user.username), "after", None)
+    result = await store.insert_message(room, user, "after", None)
     assert result is not None and result[0].seq == 1
 
 
@@ -119,7 +119,7 @@ POISONED = [
     {"type": "send", "room": BIG, "body": "poison"},
     {"type": "send", "room": "OWN", "body": "poison", "client_id": "nul\x00"},
     {"type": "send", "room": "OWN", "body": "nul\x00"},
-    # SURR
+    {"type": "send", "room": "OWN", "body": "poison", "client_id": "\ud800"},
     {"type": "send", "room": "OWN", "body": "\u200b\u2060"},
     {"type": "send", "room": "OWN", "body": "poison", "ref": "nul\x00"},
     {"type": "edit", "room": "OWN", "id": BIG, "body": "poison"},
