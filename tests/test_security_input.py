@@ -145,7 +145,7 @@ async def test_poisoned_frames_do_not_fail_innocent_sends(servers: Pair) -> None
         sockets = good_ws + evil_ws
         since = [len(a.lines), len(b.lines)]
 
-        good = [[] for _ in good_ws]  # type: list[list[dict[str, Any]]]
+        good: list[list[dict[str, Any]]] = [[] for _ in good_ws]
         for n in range(180):
             good[n % len(good_ws)].append({"type": "send", "room": room, "body": f"good {n}"})
         poisoned: list[dict[str, Any]] = []
@@ -256,7 +256,11 @@ async def test_out_of_range_ids_are_invalid_without_error_log(
         assert reply["code"] == "not_found", reply
     finally:
         await ws.close()
-    await server.wait_for_lines(lambda line: "disconnected" in line, 1, since)
+    # Its "disconnected" line comes after whatever handling its frames logged.
+    hello = re.compile(rf": connected conn=(\d+) user={alice.user['id']}$")
+    found = await server.wait_for_lines(lambda line: hello.search(line) is not None, 1, since)
+    conn = f"[conn-{hello.findall(found[0])[0]}]"
+    await server.wait_for_lines(lambda line: conn in line and "disconnected" in line, 1, since)
     assert error_lines(server, since) == []
 
 
