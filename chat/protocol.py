@@ -11,24 +11,31 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import typing
+import unicodedata
 from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta, Struct, field
 
-# Ids are integers on the wire; a client may echo them back as digit strings.
-Id = Annotated[int, Meta(ge=1, le=2**63 - 1)] | Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,18}$")]
+# PostgreSQL's bigint: the largest id there can be.
+MAX_ID = 2**63 - 1
+# Ids are integers on the wire; a client may echo them back as digit strings. A
+# 19-digit string can still exceed MAX_ID: `check_fields` refuses those.
+Id = Annotated[int, Meta(ge=1, le=MAX_ID)] | Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,18}\Z")]
 Ref = Annotated[int, Meta(ge=-(2**53), le=2**53)] | Annotated[str, Meta(max_length=128)] | None
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 ClientId = Annotated[str, Meta(min_length=1, max_length=64)]
 # `\Z`, not `$`: in Python `$` also matches before a trailing newline.
 Username = Annotated[str, Meta(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.\-]+\Z")]
 Password = Annotated[str, Meta(min_length=8, max_length=256)]
-# Bodies are checked further by `check_body` (code points, white space, NUL).
+# Bodies and room names are checked further by `check_fields` (not blank, no NUL).
 Body = Annotated[str, Meta(min_length=1, max_length=4000)]
 RoomName = Annotated[str, Meta(min_length=1, max_length=100)]
 
 MAX_BODY_CHARS = 4000
+
+_T = typing.TypeVar("_T")
 
 
 class FrameError(Exception):
@@ -83,23 +90,112 @@ def iso(ts: dt.datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
+# Default_Ignorable_Code_Point beyond category Cf (Unicode's DerivedCoreProperties):
+# combining grapheme joiner, Hangul fillers, Khmer inherent vowels, variation
+# selectors, and the reserved and tag planes. Each draws nothing on its own.
+_IGNORABLE_RANGES = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x2065, 0x2065),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0xE0000, 0xE0FFF),
+)
+
+
+def _invisible(char: str) -> bool:
+    if char.isspace() or unicodedata.category(char) == "Cf":
+        return True
+    code = ord(char)
+    return any(low <= code <= high for low, high in _IGNORABLE_RANGES)
+
+
+def is_blank(text: str) -> bool:
+    """Whether `text` shows nothing, so that a body or room name made of it is refused.
+
+    Blank is empty, or only white space, format characters (category Cf: zero-width
+    space, joiners, BOM, soft hyphen) and the other default-ignorable code points
+    (Hangul fillers, variation selectors): "\u200b" is blank, "a\u200bb" is not.
+    """
+    return all(_invisible(char) for char in text)
+
+
+def check_text(text: str, name: str) -> str:
+    """The rules of every string a client sends, in any field of any frame or body."""
+    # PostgreSQL text cannot hold NUL, and no name, id, ref or body needs one.
+    if "\x00" in text:
+        raise FrameError(f"`{name}` must not contain a NUL character")
+    if not _is_utf8(text):
+        raise FrameError(f"`{name}` must not contain a lone surrogate")
+    return text
+
+
 def check_body(body: str, name: str = "body") -> str:
-    """Enforce the contract's body rules beyond the length bound msgspec checks."""
+    """The rules of a message body (or room name) beyond the length bound msgspec checks."""
     if len(body) > MAX_BODY_CHARS:
         raise FrameError(f"`{name}` must be at most {MAX_BODY_CHARS} characters")
-    if not body or body.isspace():
+    if is_blank(body):
+        # Zero-width and other invisible characters count as white space here.
         raise FrameError(f"`{name}` must not be empty or only white space")
-    if "\x00" in body:
-        raise FrameError(f"`{name}` must not contain a NUL character")
-    try:
-        body.encode("utf-8")
-    except UnicodeEncodeError:
-        raise FrameError(f"`{name}` must not contain a lone surrogate") from None
-    return body
+    return check_text(body, name)
 
 
 def as_id(value: int | str) -> int:
+    """An id as an integer; `check_fields` made sure that it fits in a bigint."""
     return value if isinstance(value, int) else int(value)
+
+
+def check_fields(value: _T) -> _T:
+    """Every rule msgspec cannot express, for every field of a decoded frame or body.
+
+    WebSocket frames and HTTP bodies both pass here, so that no path can hand a
+    value to PostgreSQL that it refuses (one such value in a group commit would
+    fail the batch): every string field gets `check_text`, every id field the
+    bigint bound, every body and room name the not-blank rule.
+    """
+    fields = _checked_fields(type(value))
+    for name in fields.strings:
+        item = getattr(value, name)
+        if isinstance(item, str):
+            check_text(item, name)
+    for name in fields.ids:
+        item = getattr(value, name)
+        if isinstance(item, str) and int(item) > MAX_ID:
+            raise FrameError(f"`{name}` must be an id (a positive integer up to {MAX_ID})")
+    for name in fields.texts:
+        check_body(getattr(value, name), name)
+    return value
+
+
+class _Fields(typing.NamedTuple):
+    """The fields of one Struct type that `check_fields` looks at."""
+
+    strings: tuple[str, ...]
+    ids: tuple[str, ...]
+    texts: tuple[str, ...]
+
+
+_fields_cache: dict[type, _Fields] = {}
+
+
+def _checked_fields(cls: type) -> _Fields:
+    # Found from the annotations once per type, so that a new `Id`, `Body` or
+    # `RoomName` field is checked without being listed anywhere.
+    fields = _fields_cache.get(cls)
+    if fields is None:
+        names: tuple[str, ...] = getattr(cls, "__struct_fields__", ())
+        hints = typing.get_type_hints(cls, include_extras=True) if names else {}
+        fields = _Fields(
+            strings=names,
+            ids=tuple(n for n in names if hints[n] in (Id, Id | None)),
+            texts=tuple(n for n in names if hints[n] in (Body, RoomName)),
+        )
+        _fields_cache[cls] = fields
+    return fields
 
 
 # ---------------------------------------------------------------------------
@@ -179,7 +275,15 @@ def peek_ref(data: str | bytes) -> int | str | None:
     try:
         ref = _envelope_decoder.decode(data).ref
     except (msgspec.DecodeError, UnicodeDecodeError):
-        return None
+        # msgspec refuses the whole frame for a lone surrogate in any string: the
+        # standard library still finds the ref, so that the error answers it.
+        try:
+            frame = _lenient_json(data)
+        except (ValueError, RecursionError):
+            return None
+        ref = frame.get("ref") if isinstance(frame, dict) else None
+        if isinstance(ref, str) and not _is_utf8(ref):
+            return None
     if isinstance(ref, bool):
         return None
     if isinstance(ref, int) and abs(ref) <= 2**53:
@@ -196,10 +300,11 @@ def decode_frame(data: str | bytes) -> ClientFrame:
     except msgspec.ValidationError as exc:
         raise FrameError(_explain(str(exc), data)) from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # JSON with a lone surrogate escape in a string is refused by name, as over HTTP.
+        if is_json(data):
+            raise FrameError(_surrogate_field(data, "the frame")) from None
         raise FrameError("the frame is not a JSON object") from None
-    if isinstance(frame, Send | Edit):
-        check_body(frame.body)
-    return frame
+    return check_fields(frame)
 
 
 def _explain(message: str, data: str | bytes) -> str:
@@ -430,36 +535,30 @@ def decode_body(data: bytes, type_: type[Any]) -> Any:
         raise FrameError(str(exc).replace("`$.", "`").replace("`$`", "the body")) from None
     except msgspec.DecodeError:
         # Only JSON that `is_json` let through gets here: a string with a lone surrogate.
-        raise FrameError(_surrogate_field(data)) from None
-    # PostgreSQL text cannot hold NUL, and no name, id or body needs one.
-    for name in getattr(value, "__struct_fields__", ()):
-        field_value = getattr(value, name)
-        if isinstance(field_value, str) and "\x00" in field_value:
-            raise FrameError(f"`{name}` must not contain a NUL character")
-    if isinstance(value, NewMessage):
-        check_body(value.body)
-    return value
+        raise FrameError(_surrogate_field(data, "the body")) from None
+    return check_fields(value)
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _lenient_json(data: bytes) -> Any:
+def _lenient_json(data: str | bytes) -> Any:
     """Parse with the standard library, which (unlike msgspec) keeps lone surrogates."""
-    return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    text = data if isinstance(data, str) else data.decode("utf-8")
+    return json.loads(text, parse_constant=_reject_constant)
 
 
-def _surrogate_field(data: bytes) -> str:
+def _surrogate_field(data: str | bytes, what: str) -> str:
     try:
         value = _lenient_json(data)
     except (ValueError, RecursionError):
-        return "the body is not valid JSON"
+        return f"{what} is not valid JSON"
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(item, str) and not _is_utf8(item):
                 return f"`{key}` must not contain a lone surrogate"
-    return "the body must not contain a lone surrogate"
+    return f"{what} must not contain a lone surrogate"
 
 
 def _is_utf8(text: str) -> bool:
@@ -470,7 +569,7 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def is_json(data: bytes) -> bool:
+def is_json(data: str | bytes) -> bool:
     """Whether `data` parses as JSON at all (400 if not, 422 if it has the wrong shape)."""
     try:
         msgspec.json.decode(data)

@@ -19,7 +19,7 @@ import asyncpg
 
 from . import migrate
 from .config import Settings
-from .errors import ChatError, unavailable
+from .errors import ChatError, invalid, unavailable
 from .protocol import Message, Room, RoomSummary, User, iso
 from .sql import QUERIES
 
@@ -194,6 +194,14 @@ class Store:
         except UNAVAILABLE_ERRORS as exc:
             log.warning("postgresql unavailable", extra={"error": type(exc).__name__})
             raise unavailable("the database is unavailable; retry") from None
+        except asyncpg.DataError as exc:
+            # A value PostgreSQL refuses (a NUL in text, an integer beyond bigint), from
+            # asyncpg's encoder or the server: bad input, not a fault. The protocol's
+            # checks should have refused it first, hence a warning (without the value).
+            log.warning("postgresql refused a value", extra={"error": type(exc).__name__})
+            raise invalid(
+                "a value is out of range or holds a character that cannot be stored"
+            ) from None
 
     async def ping(self) -> bool:
         try:
@@ -443,10 +451,17 @@ class Store:
         # A caller that gave up (its client left) before the batch ran stores nothing.
         batch = [item for item in batch if not item.done.done()]
         try:
-            try:
-                stored = await self._insert_batch(batch) if len(batch) > 1 else {}
-            except asyncpg.UniqueViolationError:
-                stored = {}  # a duplicate raced in from elsewhere: answer one by one
+            stored: dict[int, Any] = {}
+            if len(batch) > 1:
+                try:
+                    stored = await self._insert_batch(batch)
+                except Exception as exc:
+                    if isinstance(exc, ChatError) and exc.code == "unavailable":
+                        raise  # one by one, each send would only wait for PostgreSQL again
+                    # One item fails the whole statement (a duplicate client_id raced in
+                    # from elsewhere, a value PostgreSQL refuses): the batch rolled back,
+                    # so answer one by one, and only that item fails, with its own error.
+                    log.debug("batch failed; one by one", extra={"error": type(exc).__name__})
             for index, item in enumerate(batch, 1):
                 if item.done.done():
                     continue

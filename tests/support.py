@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -124,6 +124,17 @@ class ServerProcess:
                     if needle in line:
                         return line
                 seen = len(self.lines)
+                await self._new_line.wait()
+
+    async def wait_for_lines(
+        self, match: Callable[[str], bool], count: int, since: int = 0, timeout: float = 30
+    ) -> list[str]:
+        """The first `count` lines logged from index `since` on that `match`, waiting if need be."""
+        async with asyncio.timeout(timeout):
+            while True:
+                found = [line for line in self.lines[since:] if match(line)]
+                if len(found) >= count:
+                    return found[:count]
                 await self._new_line.wait()
 
     async def wait_exit(self, timeout: float = 30) -> int:

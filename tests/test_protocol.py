@@ -10,17 +10,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chat.protocol import (
+    Edit,
     FrameError,
     Join,
     Message,
     MessageFrame,
     NewMessage,
+    NewRoom,
+    Ping,
     Send,
     User,
+    _checked_fields,
+    as_id,
     check_body,
     decode_body,
     decode_frame,
     encode_text,
+    is_blank,
     peek_ref,
 )
 
@@ -58,7 +64,17 @@ def test_ids_may_come_back_as_digit_strings() -> None:
         (b'{"type": "send", "room": 1, "body": ""}', "`body`"),
         (b'{"type": "send", "room": 1, "body": "   "}', "white space"),
         (b'{"type": "send", "room": 1, "body": "a\\u0000b"}', "NUL"),
-        (b'{"type": "send", "room": 1, "body": "\\ud800"}', "not a JSON object"),
+        (b'{"type": "send", "room": 1, "body": "\\ud800"}', "`body` must not contain a lone"),
+        (b'{"type": "send", "room": 1, "body": "x", "client_id": "\\udfff"}', "`client_id`"),
+        (b'{"type": "send", "room": 1, "body": "x", "client_id": "a\\u0000"}', "`client_id`"),
+        (b'{"type": "send", "room": 1, "body": "\\u200b\\u2060"}', "white space"),
+        (b'{"type": "ping", "ref": "r\\u0000"}', "`ref`"),
+        (b'{"type": "hello", "token": "t\\u0000"}', "`token`"),
+        (b'{"type": "join", "room": "9223372036854775808"}', "`room` must be an id"),
+        (b'{"type": "join", "room": "99999999999999999999"}', "`room` must be an id"),
+        (b'{"type": "join", "room": 9223372036854775808}', "`room`"),
+        (b'{"type": "edit", "room": 1, "id": "9223372036854775808", "body": "x"}', "`id`"),
+        (b'{"type": "join", "room": "12\\n"}', "`room` must be an id"),
         (b'{"type": "send", "room": 1, "body": "x", "client_id": ""}', "`client_id`"),
         (b'{"type": "read", "room": 1, "seq": 1e400}', "`seq`"),
         (b'{"type": "send", "room": 1, "body": "\xff"}', "not a JSON object"),
@@ -69,6 +85,63 @@ def test_bad_frames_name_the_problem(raw: bytes, needle: str) -> None:
     with pytest.raises(FrameError) as info:
         decode_frame(raw)
     assert needle in str(info.value)
+
+
+def test_largest_id_is_accepted_as_string_and_integer() -> None:
+    """2^63-1, PostgreSQL's largest bigint, is still an id in either form."""
+    for room in (2**63 - 1, str(2**63 - 1)):
+        frame = decode_frame(json.dumps({"type": "join", "room": room}))
+        assert isinstance(frame, Join) and as_id(frame.room) == 2**63 - 1
+
+
+def test_checked_fields_come_from_the_annotations() -> None:
+    """Every Id, Body and RoomName field is found for the checks without a list to maintain."""
+    assert _checked_fields(Edit).ids == ("room", "id")
+    assert _checked_fields(Edit).texts == ("body",)
+    assert _checked_fields(Send).strings == ("room", "body", "ref", "client_id")
+    assert _checked_fields(NewRoom).texts == ("name",)
+    assert _checked_fields(Ping).ids == ()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " \t\n", "\u200b", "\u2060\ufeff", "\u00ad", "\u115f\u3164", "\ufe0f", "\U000e0041"],
+)
+def test_invisible_text_is_blank(text: str) -> None:
+    """White space, format characters and other default-ignorables show nothing: blank."""
+    assert is_blank(text)
+    with pytest.raises(FrameError, match="white space"):
+        check_body(text)
+
+
+@pytest.mark.parametrize("text", ["a", "a\u200bb", "\u200b.", "👍\ufe0f", "\u3164x"])
+def test_visible_text_is_not_blank(text: str) -> None:
+    """One visible character among invisible ones is enough."""
+    assert not is_blank(text)
+    assert check_body(text) == text
+
+
+@pytest.mark.parametrize(
+    ("raw", "type_", "needle"),
+    [
+        (b'{"name": "\\u200b"}', NewRoom, "`name` must not be empty or only white space"),
+        (b'{"name": " "}', NewRoom, "`name`"),
+        (b'{"body": "\\ufeff"}', NewMessage, "`body`"),
+        (b'{"body": "x", "client_id": "a\\u0000"}', NewMessage, "`client_id`"),
+        (b'{"body": "x", "client_id": "\\ud800"}', NewMessage, "`client_id`"),
+    ],
+)
+def test_http_bodies_get_the_frame_rules(raw: bytes, type_: type, needle: str) -> None:
+    """HTTP bodies pass the same checks as frames: NUL, lone surrogates, blank names and bodies."""
+    with pytest.raises(FrameError) as info:
+        decode_body(raw, type_)
+    assert needle in str(info.value)
+
+
+def test_peek_ref_finds_the_ref_beside_a_lone_surrogate() -> None:
+    """A frame refused for a lone surrogate is still answered with its ref."""
+    assert peek_ref(b'{"type": "send", "ref": 7, "body": "\\ud800"}') == 7
+    assert peek_ref(b'{"type": "send", "ref": "\\ud800"}') is None
 
 
 def test_body_length_counts_code_points() -> None:
@@ -175,6 +248,6 @@ def test_every_frame_type_with_random_fields(kind: str, fields: dict[str, object
         return
     body = getattr(frame, "body", None)
     if body is not None:
-        assert 0 < len(body) <= 4000 and not body.isspace() and "\x00" not in body
+        assert 0 < len(body) <= 4000 and not is_blank(body) and "\x00" not in body
     room = getattr(frame, "room", 1)
     assert isinstance(room, int | str)
