@@ -13,6 +13,7 @@ from . import access, metrics
 from .config import Settings
 from .errors import forbidden
 from .fanout import Fanout
+from .groupcommit import GroupCommit
 from .hub import Connection
 from .protocol import (
     DeletedFrame,
@@ -24,7 +25,7 @@ from .protocol import (
     User,
     encode_text,
 )
-from .store import Store
+from .store import Draft, Store
 
 
 class Messages:
@@ -34,10 +35,12 @@ class Messages:
         self.settings = settings
         self.store = store
         self.fanout = fanout
+        # Concurrent sends share commits.
+        self.commits = GroupCommit(store, settings)
 
     async def send(self, user: User, room: int, body: str, client_id: str | None) -> Message:
         """Store a message and fan it out; returns it once it is durably stored."""
-        result = await self.store.insert_message(room, user, body, client_id)
+        result = await self.commits.insert(Draft(room, user, body, client_id))
         if result is None:
             raise await access.refuse(self.store, room, user.id)
         message, created = result

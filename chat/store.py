@@ -75,15 +75,14 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-@dataclass(slots=True)
-class _Send:
-    """A send waiting for its batch."""
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A message to store: what a send carries."""
 
     room: int
     sender: User
     body: str
     client_id: str | None
-    done: asyncio.Future[tuple[Message, bool] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +122,19 @@ def _too_many_adds() -> ChatError:
     )
 
 
-def message_from_row(row: Any) -> Message:
+def message_from_row(row: Any, draft: Draft | None = None) -> Message:
+    """A message from a row of the message queries, or from an insert's row
+    (id, seq, created_at) and the draft it stored."""
+    if draft is not None:
+        return Message(
+            id=row["id"],
+            room=draft.room,
+            seq=row["seq"],
+            sender=draft.sender,
+            body=draft.body,
+            client_id=draft.client_id,
+            ts=iso(row["created_at"]),
+        )
     return Message(
         id=row["id"],
         room=row["room_id"],
@@ -154,15 +165,6 @@ class Store:
         self.pool = pool
         # Idle expiry of user sessions, in seconds.
         self.session_idle_seconds = settings.session_idle_days * 86400
-        # Group commit: sends waiting for a batch, batches in flight, and the bounds.
-        self._queue: list[_Send] = []
-        self._inflight = 0
-        self._max_inflight = settings.write_batches
-        self._batch_size = settings.write_batch_size
-        self._window = settings.write_batch_window
-        # The timer that ends a gathering window, while one runs.
-        self._gather: asyncio.TimerHandle | None = None
-        self._flushes: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(cls, settings: Settings, *, run_migrations: bool = True) -> Store:
@@ -401,121 +403,30 @@ class Store:
 
     # -- messages -----------------------------------------------------------
 
-    async def insert_message(
-        self, room: int, sender: User, body: str, client_id: str | None
-    ) -> tuple[Message, bool] | None:
-        """Store a message; (message, created). None if the sender is not a member.
+    async def insert_batch(self, drafts: Sequence[Draft]) -> dict[int, Message]:
+        """One transaction for many sends: {position in `drafts` (1-based): stored message}.
 
-        Group commit: with nothing in flight a send is stored at once; while a
-        batch is in flight, sends gather for `write_batch_window` (or until
-        `write_batch_size`, or until all `write_batches` lanes are busy, when they
-        wait for one) and go together: one statement, one commit, and each caller
-        still returns only after the commit that stored its message.
+        Drafts left out (not a member, a client_id already stored or repeated in the
+        batch) are for `insert_one`, which answers each on its own.
         """
-        done: asyncio.Future[tuple[Message, bool] | None] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._queue.append(_Send(room, sender, body, client_id, done))
-        self._flush_more()
-        return await done
-
-    def _flush_more(self, gathered: bool = False) -> None:
-        while self._queue and self._inflight < self._max_inflight:
-            if (
-                not gathered
-                and self._inflight
-                and self._window > 0
-                and len(self._queue) < self._batch_size
-            ):
-                # A commit is under way: gather what arrives meanwhile into one batch.
-                if self._gather is None:
-                    self._gather = asyncio.get_running_loop().call_later(
-                        self._window, self._gathered
-                    )
-                return
-            if self._gather is not None:
-                self._gather.cancel()
-                self._gather = None
-            batch = self._queue[: self._batch_size]
-            del self._queue[: self._batch_size]
-            self._inflight += 1
-            task = asyncio.ensure_future(self._flush(batch))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
-
-    def _gathered(self) -> None:
-        self._gather = None
-        self._flush_more(gathered=True)
-
-    async def _flush(self, batch: list[_Send]) -> None:
-        # A caller that gave up (its client left) before the batch ran stores nothing.
-        batch = [item for item in batch if not item.done.done()]
-        try:
-            stored: dict[int, Any] = {}
-            if len(batch) > 1:
-                try:
-                    stored = await self._insert_batch(batch)
-                except Exception as exc:
-                    if isinstance(exc, ChatError) and exc.code == "unavailable":
-                        raise  # one by one, each send would only wait for PostgreSQL again
-                    # One item fails the whole statement (a duplicate client_id raced in
-                    # from elsewhere, a value PostgreSQL refuses): the batch rolled back,
-                    # so answer one by one, and only that item fails, with its own error.
-                    log.debug("batch failed; one by one", extra={"error": type(exc).__name__})
-            for index, item in enumerate(batch, 1):
-                if item.done.done():
-                    continue
-                row = stored.get(index)
-                if row is not None:
-                    message = Message(
-                        id=row["id"],
-                        room=item.room,
-                        seq=row["seq"],
-                        sender=item.sender,
-                        body=item.body,
-                        client_id=item.client_id,
-                        ts=iso(row["created_at"]),
-                    )
-                    item.done.set_result((message, True))
-                    continue
-                try:
-                    result = await self._insert_one(
-                        item.room, item.sender, item.body, item.client_id
-                    )
-                except Exception as exc:  # handed to the waiting caller
-                    if not item.done.done():
-                        item.done.set_exception(exc)
-                else:
-                    if not item.done.done():
-                        item.done.set_result(result)
-        except BaseException as exc:
-            for item in batch:
-                if not item.done.done():
-                    item.done.set_exception(exc if isinstance(exc, Exception) else unavailable())
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self._inflight -= 1
-            self._flush_more()
-
-    async def _insert_batch(self, batch: list[_Send]) -> dict[int, Any]:
-        """One transaction for many sends; {position in batch (1-based): row} of those stored."""
-        rooms = sorted({item.room for item in batch})
+        rooms = sorted({d.room for d in drafts})
         async with self._conn() as conn, conn.transaction():
             await conn.execute(Q_LOCK_ROOMS, rooms)
             rows = await conn.fetch(
                 Q_INSERT_MESSAGES,
-                [item.room for item in batch],
-                [item.sender.id for item in batch],
-                [item.body for item in batch],
-                [item.client_id for item in batch],
+                [d.room for d in drafts],
+                [d.sender.id for d in drafts],
+                [d.body for d in drafts],
+                [d.client_id for d in drafts],
             )
-        return {row["ord"]: row for row in rows}
+        return {row["ord"]: message_from_row(row, drafts[row["ord"] - 1]) for row in rows}
 
-    async def _insert_one(
-        self, room: int, sender: User, body: str, client_id: str | None
-    ) -> tuple[Message, bool] | None:
-        """The single-row path: one statement, duplicates answered with the first."""
+    async def insert_one(self, draft: Draft) -> tuple[Message, bool] | None:
+        """One send in one statement: (message, created); the first for a repeated client_id.
+
+        None if the sender is not a member.
+        """
+        room, sender, body, client_id = draft.room, draft.sender, draft.body, draft.client_id
         async with self._conn() as conn:
             try:
                 row = await conn.fetchrow(Q_INSERT_MESSAGE, room, sender.id, body, client_id)
@@ -527,16 +438,7 @@ class Store:
                 return message_from_row(row), False
         if row is None:
             return None
-        message = Message(
-            id=row["id"],
-            room=room,
-            seq=row["seq"],
-            sender=sender,
-            body=body,
-            client_id=client_id,
-            ts=iso(row["created_at"]),
-        )
-        return message, True
+        return message_from_row(row, draft), True
 
     async def messages_after(self, room: int, after: int, limit: int) -> list[Message]:
         async with self._conn() as conn:

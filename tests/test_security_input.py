@@ -19,8 +19,9 @@ import pytest
 
 from chat.config import Settings
 from chat.errors import ChatError
+from chat.groupcommit import GroupCommit
 from chat.protocol import Message
-from chat.store import Store
+from chat.store import Draft, Store
 
 from .support import Api, ServerProcess, Ws
 
@@ -59,11 +60,14 @@ async def exchange(
 # -- F1: group-commit poisoning --------------------------------------------------
 
 
+# One write lane, so that queued sends form one batch.
+ONE_LANE = {"write_batches": 1, "db_pool_min": 1, "db_pool_max": 2}
+
+
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    """A Store on the run's database with one write lane, so that queued sends form one batch."""
-    settings = Settings(database_url=database_url, write_batches=1, db_pool_min=1, db_pool_max=2)
-    store = await Store.connect(settings)
+    """A Store on the run's database."""
+    store = await Store.connect(Settings(database_url=database_url, **ONE_LANE))
     yield store
     await store.close()
 
@@ -81,8 +85,9 @@ async def test_poisoned_item_fails_alone_in_a_batch(store: Store, poison: str) -
         "room": (2**63, "fine body", "bad"),
     }[poison]
     items.insert(6, bad)
+    commits = GroupCommit(store, Settings(**ONE_LANE))
     results = await asyncio.gather(
-        *(store.insert_message(r, user, body, cid) for r, body, cid in items),
+        *(commits.insert(Draft(r, user, body, cid)) for r, body, cid in items),
         return_exceptions=True,
     )
     failed = results.pop(6)
@@ -102,7 +107,7 @@ async def test_store_refuses_bad_values_as_invalid(store: Store) -> None:
     user = await store.create_user(f"poison{secrets.token_hex(4)}", "not-a-real-hash")
     room = (await store.create_room("alone", False, user.id)).id
     with pytest.raises(ChatError) as info:
-        await store.insert_message(room, user, "nul\x00", None)
+        await store.insert_one(Draft(room, user, "nul\x00", None))
     assert info.value.code == "invalid"
     with pytest.raises(ChatError) as info:
         await store.access(2**63, user.id)
@@ -111,7 +116,7 @@ async def test_store_refuses_bad_values_as_invalid(store: Store) -> None:
         await store.edit_message(room, 2**63, user.id, "x")
     assert info.value.code == "invalid"
     # The pool is fine afterwards.
-    result = await store.insert_message(room, user, "after", None)
+    result = await store.insert_one(Draft(room, user, "after", None))
     assert result is not None and result[0].seq == 1
 
 
