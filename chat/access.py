@@ -60,3 +60,19 @@ async def refuse(store: Store, room: int, user: int) -> ChatError:
     except ChatError as exc:
         return exc
     return forbidden()
+
+
+def check_edit(actor: int, sender: int) -> None:
+    """Only the sender edits a message."""
+    if actor != sender:
+        raise forbidden("only the sender edits a message")
+
+
+def check_delete(access: Access, actor: int, sender: int) -> None:
+    """The sender deletes a message, or the room's creator (not in a DM: no moderation there)."""
+    if actor == sender:
+        return
+    if access.dm:
+        raise forbidden("in a direct message only the sender deletes a message")
+    if access.created_by != actor:
+        raise forbidden("only the sender or the room's creator deletes a message")

@@ -11,7 +11,7 @@ import time
 
 from . import access, metrics
 from .config import Settings
-from .errors import forbidden
+from .errors import ChatError, forbidden, not_found
 from .fanout import Fanout
 from .groupcommit import GroupCommit
 from .hub import Connection
@@ -52,16 +52,32 @@ class Messages:
 
     async def edit(self, user: User, room: int, message_id: int, body: str) -> Message:
         await access.require_member(self.store, room, user.id)
-        message = await self.store.edit_message(room, message_id, user.id, body)
+        sender, deleted = await self._target(room, message_id)
+        if not deleted:
+            access.check_edit(user.id, sender)
+            message = await self.store.edit_message(room, message_id, body)
+        if deleted or message is None:  # a tombstone, or it became one meanwhile
+            raise ChatError("conflict", "a deleted message cannot be edited")
         text = encode_text(EditedFrame(room=room, message=message))
         await self.fanout.broadcast(room, Kind.FRAME, text)
         return message
 
     async def delete(self, user: User, room: int, message_id: int) -> None:
-        await access.require_member(self.store, room, user.id)
-        seq = await self.store.delete_message(room, message_id, user.id)
+        found = await access.require_member(self.store, room, user.id)
+        sender, _ = await self._target(room, message_id)
+        access.check_delete(found, user.id, sender)
+        seq = await self.store.delete_message(room, message_id)
+        if seq is None:
+            raise not_found("no such message in this room")
         text = encode_text(DeletedFrame(room=room, id=message_id, seq=seq))
         await self.fanout.broadcast(room, Kind.FRAME, text)
+
+    async def _target(self, room: int, message_id: int) -> tuple[int, bool]:
+        """(sender, deleted) of the message an edit or delete is about."""
+        found = await self.store.message_author(room, message_id)
+        if found is None:
+            raise not_found("no such message in this room")
+        return found
 
     async def read(self, user: User, room: int, seq: int) -> None:
         if await self.store.set_read(room, user.id, seq) is None:

@@ -49,6 +49,7 @@ Q_INSERT_MESSAGE = QUERIES["insert_message"]
 Q_MESSAGE_BY_CLIENT_ID = QUERIES["message_by_client_id"]
 Q_MESSAGES_AFTER = QUERIES["messages_after"]
 Q_MESSAGES_BEFORE = QUERIES["messages_before"]
+Q_MESSAGE_AUTHOR = QUERIES["message_author"]
 Q_EDIT_MESSAGE = QUERIES["edit_message"]
 Q_DELETE_MESSAGE = QUERIES["delete_message"]
 Q_LOCK_ROOMS = QUERIES["lock_rooms"]
@@ -450,23 +451,20 @@ class Store:
             rows = await conn.fetch(Q_MESSAGES_BEFORE, room, before, limit)
         return [message_from_row(r) for r in reversed(rows)]
 
-    async def edit_message(self, room: int, message: int, editor: int, body: str) -> Message:
+    async def message_author(self, room: int, message: int) -> tuple[int, bool] | None:
+        """(sender id, deleted) of a message of the room; None if the room has no such one."""
         async with self._conn() as conn:
-            row = await conn.fetchrow(Q_EDIT_MESSAGE, room, message, editor, body)
-        if row is None:
-            raise ChatError("not_found", "no such message in this room")
-        if row["id"] is None:
-            if row["was_deleted"]:
-                raise ChatError("conflict", "a deleted message cannot be edited")
-            raise ChatError("forbidden", "only the sender edits a message")
-        return message_from_row(row)
+            row = await conn.fetchrow(Q_MESSAGE_AUTHOR, room, message)
+        return None if row is None else (row["sender_id"], row["deleted"])
 
-    async def delete_message(self, room: int, message: int, user: int) -> int:
-        """Tombstone a message; returns its seq."""
+    async def edit_message(self, room: int, message: int, body: str) -> Message | None:
+        """The edited message; None if it is (or just became) a tombstone."""
         async with self._conn() as conn:
-            row = await conn.fetchrow(Q_DELETE_MESSAGE, room, message, user)
-        if row is None:
-            raise ChatError("not_found", "no such message in this room")
-        if not row["deleted"]:
-            raise ChatError("forbidden", "only the sender or the room's creator deletes a message")
-        return int(row["seq"])
+            row = await conn.fetchrow(Q_EDIT_MESSAGE, room, message, body)
+        return None if row is None else message_from_row(row)
+
+    async def delete_message(self, room: int, message: int) -> int | None:
+        """Tombstone a message; its seq, or None if the room has no such message."""
+        async with self._conn() as conn:
+            seq = await conn.fetchval(Q_DELETE_MESSAGE, room, message)
+        return None if seq is None else int(seq)

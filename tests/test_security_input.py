@@ -113,7 +113,7 @@ async def test_store_refuses_bad_values_as_invalid(store: Store) -> None:
         await store.access(2**63, user.id)
     assert info.value.code == "invalid"
     with pytest.raises(ChatError) as info:
-        await store.edit_message(room, 2**63, user.id, "x")
+        await store.edit_message(room, 2**63, "x")
     assert info.value.code == "invalid"
     # The pool is fine afterwards.
     result = await store.insert_one(Draft(room, user, "after", None))

@@ -46,38 +46,27 @@ WHERE m.room_id = $1 AND m.seq < $2
 ORDER BY m.seq DESC
 LIMIT $3;
 
+-- name: message_author
+-- Who sent a message of the room, and whether it is a tombstone: what access.py
+-- needs to decide on an edit or a delete.
+SELECT sender_id, deleted FROM messages WHERE id = $2 AND room_id = $1;
+
 -- name: edit_message
--- Only the sender edits, and never a tombstone.
-WITH target AS (
-    SELECT id, sender_id, deleted FROM messages WHERE id = $2 AND room_id = $1
-), updated AS (
-    UPDATE messages m SET body = $4, edited_at = now()
-    FROM target t
-    WHERE m.id = t.id AND t.sender_id = $3 AND NOT t.deleted
-    RETURNING m.id, m.room_id, m.seq, m.body, m.client_id, m.created_at, m.edited_at, m.deleted, m.sender_id
+-- A new body for a message that is not a tombstone (access.py decided who may).
+WITH updated AS (
+    UPDATE messages SET body = $3, edited_at = now()
+    WHERE id = $2 AND room_id = $1 AND NOT deleted
+    RETURNING id, room_id, seq, body, client_id, created_at, edited_at, deleted, sender_id
 )
-SELECT t.sender_id AS owner_id, t.deleted AS was_deleted,
-       up.id, up.room_id, up.seq, up.body, up.client_id, up.created_at, up.edited_at, up.deleted,
+SELECT up.id, up.room_id, up.seq, up.body, up.client_id, up.created_at, up.edited_at, up.deleted,
        u.id AS sender_id, u.username AS sender_username, u.bot AS sender_bot
-FROM target t
-LEFT JOIN updated up ON true
-LEFT JOIN users u ON u.id = up.sender_id;
+FROM updated up JOIN users u ON u.id = up.sender_id;
 
 -- name: delete_message
--- The sender or the room's creator deletes; the row stays as a tombstone with its seq.
--- A DM has no moderation: there only the sender deletes, whoever opened it.
-WITH target AS (
-    SELECT m.id, m.seq, m.sender_id, r.created_by, (r.dm_key IS NOT NULL) AS dm
-    FROM messages m JOIN rooms r ON r.id = m.room_id
-    WHERE m.id = $2 AND m.room_id = $1
-), updated AS (
-    UPDATE messages m SET body = NULL, deleted = true
-    FROM target t
-    WHERE m.id = t.id AND (t.sender_id = $3 OR (t.created_by = $3 AND NOT t.dm))
-    RETURNING m.id
-)
-SELECT t.seq, (SELECT count(*) FROM updated) AS deleted
-FROM target t;
+-- The row stays as a tombstone with its seq (access.py decided who may).
+UPDATE messages SET body = NULL, deleted = true
+WHERE id = $2 AND room_id = $1
+RETURNING seq;
 
 -- name: lock_rooms
 -- Group commit takes the room locks in id order first, so two batches never deadlock.
