@@ -140,6 +140,10 @@ class Settings:
     hello_timeout: float = 10.0
     # Seconds for a client to send a request's headers (a WebSocket handshake too).
     handshake_timeout: float = 10.0
+    # Seconds for a client to send a request's whole body, counted from its headers.
+    body_timeout: float = 10.0
+    # Open TCP connections per client address per process (WebSockets included).
+    max_connections_per_address: int = 256
     # WebSocket handshakes per second per client address (bursts of twice that).
     handshake_rate: float = 50.0
     heartbeat: float = 20.0
@@ -161,6 +165,18 @@ class Settings:
     session_idle_days: float = 30.0
     argon2_memory_kib: int = 19456
     argon2_time_cost: int = 2
+    # Threads hashing passwords, and hashes that may wait for one; beyond, 503.
+    argon2_threads: int = 2
+    argon2_queue: int = 16
+    # Wrong log-ins before an account (any case of its username) or a client
+    # address is locked out; each further one doubles the lock, up to the longest.
+    login_free_failures: int = 5
+    login_address_free_failures: int = 20
+    login_delay: float = 1.0
+    login_delay_max: float = 900.0
+    # Sign-up attempts per client address in a window of seconds.
+    signups_per_address: int = 20
+    signup_window: float = 3600.0
     # Shutdown.
     graceful_shutdown: float = 10.0
     limit_concurrency: int = 10000
@@ -202,6 +218,8 @@ class Settings:
         """Refuse combinations that cannot work, and unsafe defaults in production."""
         if self.db_pool_min > self.db_pool_max:
             raise ConfigError("DB_POOL_MIN must not exceed DB_POOL_MAX")
+        if self.login_delay > self.login_delay_max:
+            raise ConfigError("LOGIN_DELAY must not exceed LOGIN_DELAY_MAX")
         if self.production:
             if not self.database_url:
                 raise ConfigError(
@@ -254,6 +272,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_frame_bytes": _int(1024, 64 * 1024 * 1024),
     "hello_timeout": _float(0.1, 600),
     "handshake_timeout": _float(0.1, 600),
+    "body_timeout": _float(0.1, 600),
+    "max_connections_per_address": _int(1, 10000000),
     "handshake_rate": _float(0.1, 1000000),
     "heartbeat": _float(1, 3600),
     "ws_compression": _bool,
@@ -272,6 +292,14 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "session_idle_days": _float(0.0001, 36500),
     "argon2_memory_kib": _int(8, 4 * 1024 * 1024),
     "argon2_time_cost": _int(1, 100),
+    "argon2_threads": _int(1, 256),
+    "argon2_queue": _int(0, 100000),
+    "login_free_failures": _int(1, 1000),
+    "login_address_free_failures": _int(1, 1000000),
+    "login_delay": _float(0.1, 3600),
+    "login_delay_max": _float(0.1, 86400),
+    "signups_per_address": _int(1, 1000000),
+    "signup_window": _float(1, 86400),
     "graceful_shutdown": _float(0, 3600),
     "limit_concurrency": _int(1, 10000000),
     "write_batches": _int(1, 64),

@@ -26,6 +26,15 @@ BROKER_ERRORS = Counter("chat_broker_errors", "Broker commands that failed", reg
 CLOSES = Counter(
     "chat_closes", "Connections closed by the server, by close code", ["code"], registry=REGISTRY
 )
+PASSWORD_HASHES = Counter(
+    "chat_password_hashes", "argon2 hashes and verifications run", registry=REGISTRY
+)
+THROTTLED = Counter(
+    "chat_throttled",
+    "Log-ins and sign-ups refused before hashing, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
 ERRORS = Counter("chat_errors", "Error replies, by code", ["code"], registry=REGISTRY)
 HTTP_REQUESTS = Counter(
     "chat_http_requests",

@@ -84,7 +84,7 @@ class Node:
         # Channel names start with the configured prefix, so services can share a Redis.
         self.prefix = settings.redis_prefix
         self.control = f"{settings.redis_prefix}:control"
-        self.accounts = Accounts(store, settings)
+        self.accounts = Accounts(store, settings, broker)
         self.hub = Hub()
         # Per-connection rate limits, by connection id.
         self.limits: dict[int, Limits] = {}
@@ -116,6 +116,7 @@ class Node:
                 await asyncio.wait_for(self.broker.presence_remove(entry), 1)
             except Exception:
                 break
+        self.accounts.close()
         await self.broker.disconnect()
 
     async def drain(self, timeout: float) -> None:

@@ -1,10 +1,11 @@
-"""The broker interface: five pub/sub methods and four for presence.
+"""The broker interface: five pub/sub methods, four for presence and four for counters.
 
 Pub/sub carries opaque bytes per channel. Delivery is at most once and may
 drop frames while a link is down: `on_reconnect` tells the node so that it can
 re-sync its rooms from PostgreSQL. Presence entries are (room, user) pairs
 held by a process; they expire unless refreshed, so the users of a process
-that died leave on their own.
+that died leave on their own. Counters (wrong log-ins, sign-ups) are shared
+by every process, so that spreading attempts over processes gains nothing.
 """
 
 from __future__ import annotations
@@ -75,3 +76,27 @@ class Broker(ABC):
     @abstractmethod
     async def presence_list(self, room: int) -> list[User]:
         """Users with a live entry in the room, on any process, by id."""
+
+    # -- counters -------------------------------------------------------------
+
+    @abstractmethod
+    async def failure(self, key: str, free: int, delay: float, delay_max: float) -> float:
+        """Count a failure against `key`; the seconds it is now locked for.
+
+        No lock below `free` failures, then `delay` doubling with each one, at most
+        `delay_max` (`limits.lock_seconds`). The count is forgotten `delay_max`
+        after the lock ends.
+        """
+
+    @abstractmethod
+    async def locked(self, key: str) -> float:
+        """Seconds `key` stays locked; 0 if it is not."""
+
+    @abstractmethod
+    async def forget(self, key: str) -> None:
+        """Drop `key`'s failures and lock."""
+
+    @abstractmethod
+    async def hit(self, key: str, window: float) -> tuple[int, float]:
+        """Count one against `key` in a window of `window` seconds from its first hit:
+        the count so far and the seconds until the window ends."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
+from ..limits import lock_seconds
 from ..protocol import User
 from .base import Broker, OnMessage, OnReconnect, PresenceEntry
 
@@ -21,6 +22,9 @@ class MemoryBroker(Broker):
         self.on_message: OnMessage | None = None
         # room -> {(origin, user id): (expiry, user)}
         self.presence: dict[int, dict[tuple[str, int], tuple[float, User]]] = defaultdict(dict)
+        # key -> [count, locked until, forgotten at] (monotonic seconds), least recent
+        # first; bounded, so that counting unknown usernames cannot fill the memory.
+        self.counters: OrderedDict[str, list[float]] = OrderedDict()
 
     async def connect(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
         self.on_message = on_message
@@ -69,3 +73,43 @@ class MemoryBroker(Broker):
         now = time.monotonic()
         users = {u.id: u for expiry, u in self.presence[room].values() if expiry > now}
         return [users[uid] for uid in sorted(users)]
+
+    # -- counters -------------------------------------------------------------
+
+    def _counter(self, key: str, now: float) -> list[float]:
+        counter = self.counters.get(key)
+        if counter is None or counter[2] <= now:
+            counter = self.counters[key] = [0, 0.0, now]
+            if len(self.counters) > MAX_COUNTERS:
+                self.counters.popitem(last=False)
+        self.counters.move_to_end(key)
+        return counter
+
+    async def failure(self, key: str, free: int, delay: float, delay_max: float) -> float:
+        now = time.monotonic()
+        counter = self._counter(key, now)
+        counter[0] += 1
+        wait = lock_seconds(int(counter[0]), free, delay, delay_max)
+        if wait:
+            counter[1] = now + wait
+        counter[2] = now + wait + delay_max
+        return wait
+
+    async def locked(self, key: str) -> float:
+        counter = self.counters.get(key)
+        return max(0.0, counter[1] - time.monotonic()) if counter else 0.0
+
+    async def forget(self, key: str) -> None:
+        self.counters.pop(key, None)
+
+    async def hit(self, key: str, window: float) -> tuple[int, float]:
+        now = time.monotonic()
+        counter = self._counter(key, now)
+        if counter[0] == 0:
+            counter[2] = now + window
+        counter[0] += 1
+        return int(counter[0]), counter[2] - now
+
+
+# Counters kept at most; the least recently used go first.
+MAX_COUNTERS = 100_000

@@ -11,6 +11,10 @@ Presence: per room a sorted set of `origin|user id|user json` members scored by
 expiry (ms, Redis's own clock) and a hash counting each user's live entries.
 Lua scripts keep the two consistent and report who came or went; the keys of a
 room share a hash tag, so the scripts run on Redis Cluster too.
+
+Counters: a hash per key (`n` failures, `until` the lock's end in ms) or a plain
+counter with an expiry; each script touches one key, and time is Redis's own,
+so every process sees the same lock.
 """
 
 from __future__ import annotations
@@ -81,6 +85,48 @@ _LIST = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+"""
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: counter. ARGV: free failures, delay ms, longest delay ms. Returns the lock in ms
+# (the same rule as limits.lock_seconds).
+_FAILURE = (
+    _NOW
+    + """
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+local free = tonumber(ARGV[1])
+local wait = 0
+if n >= free then
+  wait = math.min(tonumber(ARGV[2]) * 2 ^ math.min(n - free, 62), tonumber(ARGV[3]))
+  wait = math.floor(wait)
+  redis.call('HSET', KEYS[1], 'until', string.format('%d', now + wait))
+end
+redis.call('PEXPIRE', KEYS[1], wait + math.floor(tonumber(ARGV[3])))
+return wait
+"""
+)
+
+# KEYS: counter. Returns the ms its lock has left.
+_LOCKED = (
+    """
+local u = redis.call('HGET', KEYS[1], 'until')
+if not u then return 0 end
+"""
+    + _NOW
+    + """
+return math.max(0, tonumber(u) - now)
+"""
+)
+
+# KEYS: counter. ARGV: window ms. Returns {count, ms left in the window}.
+_HIT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return {n, redis.call('PTTL', KEYS[1])}
 """
 
 _user_decoder = msgspec.json.Decoder(User)
@@ -161,6 +207,9 @@ class RedisBroker(Broker):
         self._sweep = self.redis.register_script(_SWEEP_ONLY)
         self._remove = self.redis.register_script(_REMOVE)
         self._list = self.redis.register_script(_LIST)
+        self._failure = self.redis.register_script(_FAILURE)
+        self._locked = self.redis.register_script(_LOCKED)
+        self._hit = self.redis.register_script(_HIT)
 
     async def connect(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
         self.on_message = on_message
@@ -390,6 +439,28 @@ class RedisBroker(Broker):
             user = _user_decoder.decode(json)
             users[user.id] = user
         return [users[uid] for uid in sorted(users)]
+
+    # -- counters -------------------------------------------------------------
+
+    def _counter(self, key: str) -> str:
+        return f"{self.prefix}:counter:{key}"
+
+    async def failure(self, key: str, free: int, delay: float, delay_max: float) -> float:
+        ms = await self._failure(
+            keys=[self._counter(key)],
+            args=[free, round(delay * 1000), round(delay_max * 1000)],
+        )
+        return int(ms) / 1000
+
+    async def locked(self, key: str) -> float:
+        return int(await self._locked(keys=[self._counter(key)], args=[])) / 1000
+
+    async def forget(self, key: str) -> None:
+        await self.redis.delete(self._counter(key))
+
+    async def hit(self, key: str, window: float) -> tuple[int, float]:
+        count, ms = await self._hit(keys=[self._counter(key)], args=[round(window * 1000)])
+        return int(count), max(0, int(ms)) / 1000
 
 
 def _text(value: bytes | str) -> str:
