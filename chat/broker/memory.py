@@ -108,7 +108,8 @@ class MemoryBroker(Broker):
         if counter[0] == 0:
             counter[2] = now + window
         counter[0] += 1
-        return int(counter[0]), counter[2] - now
+        # min: (now + window) - now can come out a rounding error above window.
+        return int(counter[0]), min(window, counter[2] - now)
 
 
 # Counters kept at most; the least recently used go first.
