@@ -93,14 +93,15 @@ class Accounts:
         return await self.store.create_user(username, digest)
 
     async def log_in(self, username: str, password: str, address: str) -> tuple[str, User]:
-        await self.throttle.check_log_in(username, address)
-        found = await self.store.user_for_login(username)
-        digest = found[1] if found else self.dummy_hash
-        ok = await self._hash(self._verify, digest, password)
-        if found is None or not ok:
-            await self.throttle.log_in_failed(username, address)
-            raise ChatError("unauthorized", _UNAUTHORIZED)
-        await self.throttle.log_in_succeeded(username)
+        async with self.throttle.turn(username):
+            await self.throttle.check_log_in(username, address)
+            found = await self.store.user_for_login(username)
+            digest = found[1] if found else self.dummy_hash
+            ok = await self._hash(self._verify, digest, password)
+            if found is None or not ok:
+                await self.throttle.log_in_failed(username, address)
+                raise ChatError("unauthorized", _UNAUTHORIZED)
+            await self.throttle.log_in_succeeded(username)
         user = found[0]
         token, token_hash = new_token()
         await self.store.create_session(token_hash, user.id, expires_idle=True)

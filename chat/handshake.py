@@ -123,8 +123,10 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         settings = _settings()
         # The timer that closes the connection if the headers or the body are late.
         self._deadline: asyncio.TimerHandle | None = None
+        # Seconds for a request's headers, then for its body (HANDSHAKE_TIMEOUT, BODY_TIMEOUT).
         self._header_limit = settings.handshake_timeout
         self._body_limit = settings.body_timeout
+        # MAX_CONNECTIONS_PER_ADDRESS, and whether loopback counts too (production).
         self._per_address = settings.max_connections_per_address
         self._production = settings.production
         # Whose X-Forwarded-For names the client (None: uvicorn's proxy headers are off).

@@ -6,7 +6,9 @@ account or the address is locked for a delay that doubles with each further
 failure, up to a cap. A log-in refused by a lock gets 429 with `Retry-After`
 before any password is hashed, so guessing costs the server nothing. A correct
 password clears the account's count (not the address's: one valid account
-must not reset an address guessing others). Sign-ups are counted per address
+must not reset an address guessing others). Within a process, log-ins to one
+account go one at a time: concurrent guesses would otherwise all pass the lock
+check before the first failure is counted. Sign-ups are counted per address
 in a fixed window. Loopback is exempt from the per-address counts outside
 production (`limits.exempt`); the per-account count never is.
 
@@ -18,10 +20,11 @@ keeps working while Redis is away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 from . import metrics
@@ -47,8 +50,12 @@ class Throttle:
     """The failure counts and locks of log-ins, and the sign-up counts."""
 
     def __init__(self, broker: Broker, settings: Settings) -> None:
+        # Where the counts live: Redis, shared by every process, or this process's memory.
         self.broker = broker
+        # The LOGIN_* and SIGNUP* limits, and whether loopback is exempt (not in production).
         self.settings = settings
+        # Account key -> its lock and the log-ins holding or awaiting it, while any do.
+        self.turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     @staticmethod
     def _account(username: str) -> str:
@@ -68,6 +75,20 @@ class Throttle:
             metrics.BROKER_ERRORS.inc()
             log.warning("throttle not consulted", extra={"error": type(exc).__name__})
             return default
+
+    @contextlib.asynccontextmanager
+    async def turn(self, username: str) -> AsyncIterator[None]:
+        """Hold the account's log-in turn in this process (see the module's docstring)."""
+        key = self._account(username)
+        lock, waiting = self.turns.setdefault(key, (asyncio.Lock(), [0]))
+        waiting[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            waiting[0] -= 1
+            if not waiting[0]:
+                del self.turns[key]
 
     async def check_log_in(self, username: str, address: str) -> None:
         """Refuse with 429 while the account or the address is locked."""

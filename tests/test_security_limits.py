@@ -281,6 +281,21 @@ async def test_unknown_usernames_are_throttled_too(
         retry_after(refused)
 
 
+async def test_concurrent_guesses_do_not_outrun_the_lock(
+    throttled_pair: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """Ten wrong passwords at once for one account on one process: three are checked (401),
+    the other seven find the account locked (429) and cost no hash."""
+    a, _ = throttled_pair
+    name = unique("Burst")
+    async with httpx.AsyncClient(base_url=a.url, timeout=10) as on_a:
+        assert (await sign_up(on_a, name)).status_code == 201
+        hashes = await password_hashes(on_a)
+        burst = await asyncio.gather(*(log_in(on_a, name, f"guess {n}") for n in range(10)))
+        assert sorted(r.status_code for r in burst) == [401] * 3 + [429] * 7
+        assert await password_hashes(on_a) == hashes + 3
+
+
 # -- F2: the bounded hashing queue -----------------------------------------------
 
 
