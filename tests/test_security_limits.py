@@ -131,6 +131,18 @@ async def sockets(port: int) -> AsyncIterator[Sockets]:
         await pool.close_all()
 
 
+@pytest.fixture
+async def private_env(
+    server_env: dict[str, str], redis_prefix: str, redis_client: aioredis.Redis
+) -> AsyncIterator[dict[str, str]]:
+    """The run's server settings under a Redis prefix of the test's own, emptied afterwards."""
+    prefix = unique(f"{redis_prefix}-")
+    try:
+        yield {**server_env, "REDIS_PREFIX": prefix}
+    finally:
+        await drop_keys(redis_client, prefix)
+
+
 # -- the rules, as plain functions ----------------------------------------------
 
 
@@ -299,12 +311,11 @@ async def test_concurrent_guesses_do_not_outrun_the_lock(
 # -- F2: the bounded hashing queue -----------------------------------------------
 
 
-async def test_full_hashing_queue_answers_503_at_once(server_env: dict[str, str]) -> None:
+async def test_full_hashing_queue_answers_503_at_once(private_env: dict[str, str]) -> None:
     """With one hashing thread and one waiting slot, a burst of log-ins gets 503 + Retry-After
     for the rest instead of queueing them all; afterwards log-in works again."""
     env = {
-        **server_env,
-        "REDIS_PREFIX": unique("chattest-queue"),
+        **private_env,
         "ARGON2_THREADS": "1",
         "ARGON2_QUEUE": "1",
         # About half a second a hash: the burst below arrives while the first one runs.
@@ -486,17 +497,22 @@ async def test_proxied_clients_are_counted_apart(by_mode: dict[str, ServerProces
 
 
 @pytest.fixture(scope="module")
-async def body_deadline(server_env: dict[str, str]) -> AsyncIterator[ServerProcess]:
+async def body_deadline(
+    server_env: dict[str, str], redis_prefix: str, redis_client: aioredis.Redis
+) -> AsyncIterator[ServerProcess]:
     """A process whose request bodies must arrive within 1 s (headers get 30 s)."""
     env = {
         **server_env,
-        "REDIS_PREFIX": unique("chattest-body"),
+        "REDIS_PREFIX": f"{redis_prefix}-body",
         "BODY_TIMEOUT": "1",
         "HANDSHAKE_TIMEOUT": "30",
     }
     server = ServerProcess(env, "body")
-    async with running(server):
-        yield server
+    try:
+        async with running(server):
+            yield server
+    finally:
+        await drop_keys(redis_client, f"{redis_prefix}-body")
 
 
 def post_head(length: int) -> bytes:
@@ -557,12 +573,11 @@ async def test_websocket_outlives_the_body_deadline(body_deadline: ServerProcess
 # -- F11: WebSockets count toward LIMIT_CONCURRENCY ----------------------------------
 
 
-async def test_websockets_beyond_limit_concurrency_get_503(server_env: dict[str, str]) -> None:
+async def test_websockets_beyond_limit_concurrency_get_503(private_env: dict[str, str]) -> None:
     """With LIMIT_CONCURRENCY=3, a fourth open WebSocket is refused with 503 `unavailable`;
     once one closes, a new one is welcome."""
     env = {
-        **server_env,
-        "REDIS_PREFIX": unique("chattest-ws"),
+        **private_env,
         "LIMIT_CONCURRENCY": "3",
         "HELLO_TIMEOUT": "60",
     }
