@@ -109,6 +109,12 @@ def _host(entry: str) -> str:
     return entry
 
 
+@functools.cache
+def _proxies(allowed: str) -> Proxies:
+    # Parsed once per process, not per connection.
+    return Proxies(allowed)
+
+
 async def _too_many(scope: Any, receive: Any, send: Any) -> None:
     """The ASGI app that answers every request of a connection over the address's cap."""
     await send({"type": "http.response.start", "status": 429, "headers": _TOO_MANY_HEAD})
@@ -130,8 +136,11 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         self._per_address = settings.max_connections_per_address
         self._production = settings.production
         # Whose X-Forwarded-For names the client (None: uvicorn's proxy headers are off).
+        allowed = self.config.forwarded_allow_ips
         self._proxies = (
-            Proxies(self.config.forwarded_allow_ips) if self.config.proxy_headers else None
+            _proxies(allowed if isinstance(allowed, str) else ",".join(allowed))
+            if self.config.proxy_headers
+            else None
         )
         # Whether this connection's address has been decided (at its first request).
         self._placed = False
