@@ -59,7 +59,6 @@ def serve(args: argparse.Namespace) -> None:
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     log.info("serving", extra={"host": host, "port": port, "env": settings.chat_env})
-    os.environ["HANDSHAKE_TIMEOUT"] = str(settings.handshake_timeout)
     from .closing import ClosingWebSocketProtocol
     from .handshake import DeadlineHttpProtocol
 

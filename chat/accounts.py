@@ -1,9 +1,13 @@
 """Passwords and tokens: how a user proves who they are.
 
-Passwords are hashed with argon2id (OWASP: 19 MiB, 2 passes, 1 lane) in a
-worker thread so the event loop keeps serving; an unknown username is checked
-against a dummy hash so that it costs the same as a wrong password. Tokens are
-32 random bytes; only their SHA-256 is stored, and neither is ever logged.
+Passwords are hashed with argon2id (OWASP: 19 MiB, 2 passes, 1 lane) on a
+small pool of threads of its own, so the event loop keeps serving; an unknown
+username is checked against a dummy hash so that it costs the same as a wrong
+password. The pool's queue is bounded: when `ARGON2_THREADS` are busy and
+`ARGON2_QUEUE` hashes wait, the next gets 503 at once, rather than every
+log-in waiting behind a flood. Wrong log-ins are throttled (`throttle.py`)
+before any hashing. Tokens are 32 random bytes; only their SHA-256 is stored,
+and neither is ever logged.
 """
 
 from __future__ import annotations
@@ -11,14 +15,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from . import metrics
+from .broker import Counters
 from .config import Settings
 from .errors import ChatError
 from .protocol import User
 from .store import Store
+from .throttle import Throttle
+
+T = TypeVar("T")
 
 _UNAUTHORIZED = "wrong username or password"
 
@@ -36,8 +49,15 @@ def hash_token(token: str) -> bytes:
 class Accounts:
     """Sign-up, log-in, bots and token checks, on top of the store."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, counters: Counters) -> None:
         self.store = store
+        # Wrong log-ins and sign-ups, counted across processes.
+        self.throttle = Throttle(counters, settings)
+        # Hashing gets threads of its own, not the default pool that other work shares.
+        self.pool = ThreadPoolExecutor(settings.argon2_threads, thread_name_prefix="argon2")
+        # One slot per hash running or waiting; released by the pool's thread when it
+        # ends, so a client that hangs up does not free a slot its hash still holds.
+        self.slots = threading.BoundedSemaphore(settings.argon2_threads + settings.argon2_queue)
         # argon2id with the configured cost (OWASP's minimum by default).
         self.hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost,
@@ -47,16 +67,41 @@ class Accounts:
         # Verified against when the username is unknown, so both failures take as long.
         self.dummy_hash = self.hasher.hash(secrets.token_hex(16))
 
-    async def sign_up(self, username: str, password: str) -> User:
-        digest = await asyncio.to_thread(self.hasher.hash, password)
+    def close(self) -> None:
+        """Stop the hashing threads; hashes still waiting are dropped."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _hash(self, work: Callable[..., T], *args: str) -> T:
+        """Run one argon2 call on the pool; 503 when its queue is full."""
+        if not self.slots.acquire(blocking=False):
+            metrics.THROTTLED.labels("hashing-queue-full").inc()
+            raise ChatError(
+                "unavailable", "the server is busy checking passwords; retry", retry_after=1
+            )
+        try:
+            future = self.pool.submit(work, *args)
+        except RuntimeError:  # the pool is shut down: the process is stopping
+            self.slots.release()
+            raise ChatError("unavailable", "the server is stopping; retry", retry_after=1) from None
+        future.add_done_callback(lambda _: self.slots.release())
+        metrics.PASSWORD_HASHES.inc()
+        return await asyncio.wrap_future(future)
+
+    async def sign_up(self, username: str, password: str, address: str) -> User:
+        await self.throttle.check_sign_up(address)
+        digest = await self._hash(self.hasher.hash, password)
         return await self.store.create_user(username, digest)
 
-    async def log_in(self, username: str, password: str) -> tuple[str, User]:
-        found = await self.store.user_for_login(username)
-        digest = found[1] if found else self.dummy_hash
-        ok = await asyncio.to_thread(self._verify, digest, password)
-        if found is None or not ok:
-            raise ChatError("unauthorized", _UNAUTHORIZED)
+    async def log_in(self, username: str, password: str, address: str) -> tuple[str, User]:
+        async with self.throttle.turn(username):
+            await self.throttle.check_log_in(username, address)
+            found = await self.store.user_for_login(username)
+            digest = found[1] if found else self.dummy_hash
+            ok = await self._hash(self._verify, digest, password)
+            if found is None or not ok:
+                await self.throttle.log_in_failed(username, address)
+                raise ChatError("unauthorized", _UNAUTHORIZED)
+            await self.throttle.log_in_succeeded(username)
         user = found[0]
         token, token_hash = new_token()
         await self.store.create_session(token_hash, user.id, expires_idle=True)

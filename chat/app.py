@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import signal
 import threading
@@ -100,9 +101,15 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(encode(body), status_code=status, media_type="application/json")
 
 
-def error_response(code: str, message: str, status: int | None = None) -> Response:
+def error_response(
+    code: str, message: str, status: int | None = None, retry_after: float | None = None
+) -> Response:
     body = ErrorOut(error=ErrorBody(code=code, message=message))
-    return json_response(body, status or HTTP_STATUS[code])
+    response = json_response(body, status or HTTP_STATUS[code])
+    if retry_after is not None:
+        # Whole seconds, rounded up: a client retrying then must not be refused again.
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
 
 
 def _node(request: Request | WebSocket) -> Node:
@@ -123,11 +130,16 @@ async def read_body(request: Request, type_: type[Any]) -> Any:
         raise ChatError("too_large", f"the body is over {limit} bytes")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ChatError("too_large", f"the body is over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ChatError("too_large", f"the body is over {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client went, or the body deadline (chat/handshake.py) cut it off: nobody
+        # is left to answer, and it is no server fault to log.
+        raise invalid("the body did not arrive", status=408) from None
     data = b"".join(chunks)
     if not is_json(data):
         raise invalid("the body is not JSON", status=400)
@@ -135,6 +147,11 @@ async def read_body(request: Request, type_: type[Any]) -> Any:
         return decode_body(data, type_)
     except FrameError as exc:
         raise invalid(str(exc)) from None
+
+
+def _address(request: Request | WebSocket) -> str:
+    """The client's address, for the per-address limits ("" when unknown)."""
+    return request.client.host if request.client is not None else ""
 
 
 def _bearer(request: Request) -> str:
@@ -181,7 +198,7 @@ def endpoint(handler: Handler) -> Handler:
             response = await handler(request)
         except ChatError as exc:
             metrics.ERRORS.labels(exc.code).inc()
-            response = error_response(exc.code, exc.message, exc.status)
+            response = error_response(exc.code, exc.message, exc.status, exc.retry_after)
         except ClientDisconnect:
             # The client went away before its body was in: nothing failed here, and no
             # answer can reach it. 499, as nginx counts it, keeps it out of the 5xx.
@@ -207,14 +224,16 @@ def endpoint(handler: Handler) -> Handler:
 @endpoint
 async def sign_up(request: Request) -> Response:
     body: SignUp = await read_body(request, SignUp)
-    user = await _node(request).accounts.sign_up(body.username, body.password)
+    user = await _node(request).accounts.sign_up(body.username, body.password, _address(request))
     return json_response(UserOut(user=user), 201)
 
 
 @endpoint
 async def log_in(request: Request) -> Response:
     body: LogIn = await read_body(request, LogIn)
-    token, user = await _node(request).accounts.log_in(body.username, body.password)
+    token, user = await _node(request).accounts.log_in(
+        body.username, body.password, _address(request)
+    )
     return json_response(SessionOut(token=token, user=user), 201)
 
 
@@ -418,6 +437,20 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if client is not None and not limiter.allow(client.host):
         await _deny(websocket, "rate_limited", "too many WebSocket handshakes from this address")
         return
+    # uvicorn's LIMIT_CONCURRENCY refuses requests but lets upgrades through: count here.
+    state = websocket.app.state
+    if state.websockets >= settings.limit_concurrency:
+        await _deny(websocket, "unavailable", "this server is full; retry later or elsewhere")
+        return
+    state.websockets += 1
+    try:
+        await _serve_websocket(websocket, node, settings)
+    finally:
+        state.websockets -= 1
+
+
+async def _serve_websocket(websocket: WebSocket, node: Node, settings: Settings) -> None:
+    """Accept, wait for hello, then run the reader and the writer until either ends."""
     await websocket.accept()
     conn = await _hello(websocket, node, settings)
     if conn is None:
@@ -572,15 +605,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         origin = new_origin()
         store = await _connect_store(settings)
-        broker, presence = create_backends(
+        backends = create_backends(
             settings.redis_url, origin, settings.redis_prefix, settings.redis_cluster
         )
         if not settings.redis_url:
             log.warning("no REDIS_URL: fanning out in-process; run one process only")
-        node = Node(settings, store, broker, presence, origin)
+        node = Node(settings, store, backends, origin)
         await node.start()
         app.state.node = node
-        log.info("ready", extra={"origin": origin, "broker": type(broker).__name__})
+        log.info("ready", extra={"origin": origin, "broker": type(backends.broker).__name__})
         restore = _drain_on_signals(node, settings)
         try:
             yield
@@ -625,8 +658,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.handshakes = AddressLimiter(
-        settings.handshake_rate, max(1, int(settings.handshake_rate * 2))
+        settings.handshake_rate, max(1, int(settings.handshake_rate * 2)), settings.production
     )
+    # WebSockets open in this process, from the handshake on (LIMIT_CONCURRENCY).
+    app.state.websockets = 0
     return app
 
 

@@ -164,6 +164,10 @@ class Settings:
     hello_timeout: float = setting(10.0, _float(0.1, 600))
     # Seconds for a client to send a request's headers (a WebSocket handshake too).
     handshake_timeout: float = setting(10.0, _float(0.1, 600))
+    # Seconds for a client to send a request's whole body, counted from its headers.
+    body_timeout: float = setting(10.0, _float(0.1, 600))
+    # Open TCP connections per client address per process (WebSockets included).
+    max_connections_per_address: int = setting(256, _int(1, 10000000))
     # WebSocket handshakes per second per client address (bursts of twice that).
     handshake_rate: float = setting(50.0, _float(0.1, 1000000))
     heartbeat: float = setting(20.0, _float(1, 3600))
@@ -188,6 +192,18 @@ class Settings:
     session_idle_days: float = setting(30.0, _float(0.0001, 36500))
     argon2_memory_kib: int = setting(19456, _int(8, 4 * 1024 * 1024))
     argon2_time_cost: int = setting(2, _int(1, 100))
+    # Threads hashing passwords, and hashes that may wait for one; beyond, 503.
+    argon2_threads: int = setting(2, _int(1, 256))
+    argon2_queue: int = setting(16, _int(0, 100000))
+    # Wrong log-ins before an account (any case of its username) or a client
+    # address is locked out; each further one doubles the lock, up to the longest.
+    login_free_failures: int = setting(5, _int(1, 1000))
+    login_address_free_failures: int = setting(20, _int(1, 1000000))
+    login_delay: float = setting(1.0, _float(0.1, 3600))
+    login_delay_max: float = setting(900.0, _float(0.1, 86400))
+    # Sign-up attempts per client address in a window of seconds.
+    signups_per_address: int = setting(20, _int(1, 1000000))
+    signup_window: float = setting(3600.0, _float(1, 86400))
     # Shutdown.
     graceful_shutdown: float = setting(10.0, _float(0, 3600))
     limit_concurrency: int = setting(10000, _int(1, 10000000))
@@ -229,6 +245,8 @@ class Settings:
         """Refuse combinations that cannot work, and unsafe defaults in production."""
         if self.db_pool_min > self.db_pool_max:
             raise ConfigError("DB_POOL_MIN must not exceed DB_POOL_MAX")
+        if self.login_delay > self.login_delay_max:
+            raise ConfigError("LOGIN_DELAY must not exceed LOGIN_DELAY_MAX")
         if self.production:
             if not self.database_url:
                 raise ConfigError(

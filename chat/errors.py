@@ -36,7 +36,14 @@ HTTP_STATUS: dict[str, int] = {
 class ChatError(Exception):
     """A failure with a contract code and a message meant for the client."""
 
-    def __init__(self, code: Code, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self,
+        code: Code,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         # One of the contract's codes.
         self.code: Code = code
@@ -44,6 +51,8 @@ class ChatError(Exception):
         self.message = message
         # HTTP status, when it differs from the code's usual one (400 for non-JSON).
         self.status = status if status is not None else HTTP_STATUS[code]
+        # Seconds before a retry can succeed, sent as HTTP `Retry-After`, when known.
+        self.retry_after = retry_after
 
 
 def invalid(message: str, *, status: int | None = None) -> ChatError:

@@ -31,6 +31,15 @@ PUBLISH_FAILURES = Counter(
 CLOSES = Counter(
     "chat_closes", "Connections closed by the server, by close code", ["code"], registry=REGISTRY
 )
+PASSWORD_HASHES = Counter(
+    "chat_password_hashes", "argon2 hashes and verifications run", registry=REGISTRY
+)
+THROTTLED = Counter(
+    "chat_throttled",
+    "Log-ins and sign-ups refused before hashing, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
 ERRORS = Counter("chat_errors", "Error replies, by code", ["code"], registry=REGISTRY)
 HTTP_REQUESTS = Counter(
     "chat_http_requests",

@@ -22,7 +22,7 @@ from . import access, metrics
 from .accounts import Accounts
 from .blocks import Blocks
 from .bots import BotTokens
-from .broker import Broker, Presence
+from .broker import Backends
 from .config import Settings
 from .delivery import Position
 from .errors import ChatError, Close, invalid
@@ -67,24 +67,22 @@ ACCESS_RECHECK = 30.0
 class Node:
     """One server process's view of the chat service."""
 
-    def __init__(
-        self, settings: Settings, store: Store, broker: Broker, presence: Presence, origin: str
-    ) -> None:
+    def __init__(self, settings: Settings, store: Store, backends: Backends, origin: str) -> None:
         self.settings = settings
         self.store = store
-        self.broker = broker
+        self.broker = broker = backends.broker
         # This process's id in publications and presence entries.
         self.origin = origin
         # Log-outs for every process go here.
         self.control = f"{settings.redis_prefix}:control"
-        self.accounts = Accounts(store, settings)
+        self.accounts = Accounts(store, settings, backends.counters)
         self.blocks = Blocks(store)
         self.bot_tokens = BotTokens(store)
         self.hub = Hub(PENDING_LIMIT)
         # Background loops and fire-and-forget tasks, cancelled on stop.
         self.tasks: set[asyncio.Task[None]] = set()
         self.fanout = Fanout(settings, store, broker, self.hub, origin, self._spawn)
-        self.presence = PresenceTracker(settings, presence, self.fanout)
+        self.presence = PresenceTracker(settings, backends.presence, self.fanout)
         self.messages = Messages(settings, store, self.fanout)
         self.rooms = Rooms(settings, store, self.presence, self.blocks, self.removed)
         # Set by `drain` at shutdown: connections are closed and new ones refused.
@@ -107,6 +105,7 @@ class Node:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.presence.clear()
+        self.accounts.close()
         await self.broker.disconnect()
 
     async def drain(self, timeout: float) -> None:

@@ -1,32 +1,49 @@
 """The broker: publish/subscribe between the server's processes, and shared presence.
 
-Two small interfaces (`base.Broker`, `base.Presence`) with two backends picked
+Small interfaces (`base.Broker`, `base.Presence`, `base.Counters`) with two backends picked
 by URL: `memory` for a single process (no `REDIS_URL`) and Redis for many
-processes, where presence shares the broker's command client.
+processes, where presence and counters share the broker's command client.
 """
 
 from __future__ import annotations
 
-from .base import Broker, OnMessage, OnReconnect, Presence, PresenceEntry
-from .memory import MemoryBroker, MemoryPresence
+from dataclasses import dataclass
+
+from .base import Broker, Counters, OnMessage, OnReconnect, Presence, PresenceEntry
+from .memory import MemoryBroker, MemoryCounters, MemoryPresence
+
+
+@dataclass(frozen=True, slots=True)
+class Backends:
+    """Pub/sub, presence and counters, on one backend."""
+
+    broker: Broker
+    presence: Presence
+    counters: Counters
 
 
 def create_backends(
     url: str | None, origin: str, prefix: str = "chat", cluster: bool = False
-) -> tuple[Broker, Presence]:
-    """Redis pub/sub and presence for a `redis://` URL, the in-process pair for none."""
+) -> Backends:
+    """Redis for a `redis://` URL (one command client shared), in-process for none."""
     if not url:
-        return MemoryBroker(), MemoryPresence(origin)
+        return Backends(MemoryBroker(), MemoryPresence(origin), MemoryCounters())
     from .redis import RedisBroker
+    from .redis_counters import RedisCounters
     from .redis_presence import RedisPresence
 
     broker = RedisBroker(url, cluster)
-    return broker, RedisPresence(broker.redis, origin, prefix)
+    return Backends(
+        broker, RedisPresence(broker.redis, origin, prefix), RedisCounters(broker.redis, prefix)
+    )
 
 
 __all__ = [
+    "Backends",
     "Broker",
+    "Counters",
     "MemoryBroker",
+    "MemoryCounters",
     "MemoryPresence",
     "OnMessage",
     "OnReconnect",

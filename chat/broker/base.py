@@ -1,9 +1,12 @@
-"""The two interfaces behind the broker package: pub/sub and presence.
+"""The interfaces behind the broker package: pub/sub, presence and counters.
 
 `Broker` is five pub/sub methods (plus `ping`, for readiness). It carries
 opaque bytes per channel; delivery is at most once and may drop frames while
 a link is down: `on_reconnect` tells the node so that it can re-sync its rooms
 from PostgreSQL.
+
+`Counters` count failures and hits (wrong log-ins, sign-ups) for every process
+at once, so that spreading attempts over processes gains nothing.
 
 `Presence` keeps who is online where: entries are (room, user) pairs held by
 a process; they expire unless refreshed, so the users of a process that died
@@ -77,3 +80,29 @@ class Presence(ABC):
     @abstractmethod
     async def online(self, room: int) -> list[User]:
         """Users with a live entry in the room, on any process, by id."""
+
+
+class Counters(ABC):
+    """Counts shared by every process, with Redis's (or this process's) clock."""
+
+    @abstractmethod
+    async def failure(self, key: str, free: int, delay: float, delay_max: float) -> float:
+        """Count a failure against `key`; the seconds it is now locked for.
+
+        No lock below `free` failures, then `delay` doubling with each one, at most
+        `delay_max` (`limits.lock_seconds`). The count is forgotten `delay_max`
+        after the lock ends.
+        """
+
+    @abstractmethod
+    async def locked(self, key: str) -> float:
+        """Seconds `key` stays locked; 0 if it is not."""
+
+    @abstractmethod
+    async def forget(self, key: str) -> None:
+        """Drop `key`'s failures and lock."""
+
+    @abstractmethod
+    async def hit(self, key: str, window: float) -> tuple[int, float]:
+        """Count one against `key` in a window of `window` seconds from its first hit:
+        the count so far and the seconds until the window ends."""

@@ -1,12 +1,13 @@
-"""The in-process broker and presence: one process only, chosen when there is no `REDIS_URL`."""
+"""The in-process broker, presence and counters: one process only, when there is no `REDIS_URL`."""
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
+from ..limits import lock_seconds
 from ..protocol import User
-from .base import Broker, OnMessage, OnReconnect, Presence, PresenceEntry
+from .base import Broker, Counters, OnMessage, OnReconnect, Presence, PresenceEntry
 
 
 class MemoryBroker(Broker):
@@ -76,3 +77,51 @@ class MemoryPresence(Presence):
         now = time.monotonic()
         users = {u.id: u for expiry, u in self.presence[room].values() if expiry > now}
         return [users[uid] for uid in sorted(users)]
+
+
+# Counters kept at most; the least recently used go first.
+MAX_COUNTERS = 100_000
+
+
+class MemoryCounters(Counters):
+    """Counters inside one process."""
+
+    def __init__(self) -> None:
+        # key -> [count, locked until, forgotten at] (monotonic seconds), least recent
+        # first; bounded, so that counting unknown usernames cannot fill the memory.
+        self.counters: OrderedDict[str, list[float]] = OrderedDict()
+
+    def _counter(self, key: str, now: float) -> list[float]:
+        counter = self.counters.get(key)
+        if counter is None or counter[2] <= now:
+            counter = self.counters[key] = [0, 0.0, now]
+            if len(self.counters) > MAX_COUNTERS:
+                self.counters.popitem(last=False)
+        self.counters.move_to_end(key)
+        return counter
+
+    async def failure(self, key: str, free: int, delay: float, delay_max: float) -> float:
+        now = time.monotonic()
+        counter = self._counter(key, now)
+        counter[0] += 1
+        wait = lock_seconds(int(counter[0]), free, delay, delay_max)
+        if wait:
+            counter[1] = now + wait
+        counter[2] = now + wait + delay_max
+        return wait
+
+    async def locked(self, key: str) -> float:
+        counter = self.counters.get(key)
+        return max(0.0, counter[1] - time.monotonic()) if counter else 0.0
+
+    async def forget(self, key: str) -> None:
+        self.counters.pop(key, None)
+
+    async def hit(self, key: str, window: float) -> tuple[int, float]:
+        now = time.monotonic()
+        counter = self._counter(key, now)
+        if counter[0] == 0:
+            counter[2] = now + window
+        counter[0] += 1
+        # min: (now + window) - now can come out a rounding error above window.
+        return int(counter[0]), min(window, counter[2] - now)
