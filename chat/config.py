@@ -156,6 +156,9 @@ class Settings:
     # Fan-out and recovery.
     gap_grace: float = 0.05
     reconcile_interval: float = 3.0
+    # Seconds between re-reads of memberships and sessions (removals and log-outs whose
+    # broadcast was lost, sessions that expired while idle) while the broker link is up.
+    access_recheck: float = 30.0
     presence_ttl: float = 30.0
     # Sessions and passwords.
     session_idle_days: float = 30.0
@@ -268,6 +271,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_connections_per_user": _int(1, 100000),
     "gap_grace": _float(0, 10),
     "reconcile_interval": _float(0.05, 3600),
+    "access_recheck": _float(0.05, 86400),
     "presence_ttl": _float(1, 3600),
     "session_idle_days": _float(0.0001, 36500),
     "argon2_memory_kib": _int(8, 4 * 1024 * 1024),

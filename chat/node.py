@@ -65,8 +65,6 @@ log = logging.getLogger("chat.node")
 # Frames held ahead of a gap before the process gives up on the room and closes
 # its connections with 1012 (they resume with `since`).
 PENDING_LIMIT = 10000
-# Seconds between re-reads of memberships and sessions while the broker link is up.
-ACCESS_RECHECK = 30.0
 # Rows read per round when filling a gap or replaying to a connection.
 FILL_BATCH = 500
 
@@ -561,8 +559,9 @@ class Node:
             try:
                 now = time.monotonic()
                 # Deaf to removals and log-outs while the link is down; and a process
-                # that died before publishing one is caught within ACCESS_RECHECK.
-                if not self.broker.connected or now - rechecked >= ACCESS_RECHECK:
+                # that died before publishing one (or a session that expired while idle,
+                # which nothing publishes) is caught within ACCESS_RECHECK.
+                if not self.broker.connected or now - rechecked >= self.settings.access_recheck:
                     await self._recheck_access()
                     rechecked = now
                 await self._reconcile()

@@ -1,0 +1,150 @@
+"""Security review, issue 10: clients that stop reading, budgets per user, removal races,
+secrets in logs, idle-expired sessions on open sockets.
+
+Each test reproduces a finding against real server processes (PostgreSQL and
+Redis as in every other test) and fails on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import secrets
+import socket
+from typing import Any
+
+import asyncpg
+
+from .support import Api, ServerProcess, Ws
+
+Pair = tuple[ServerProcess, ServerProcess]
+
+
+async def private(server_env: dict[str, str], name: str, **env: str) -> ServerProcess:
+    """A process of the service (same PostgreSQL and Redis) with settings of its own."""
+    return await ServerProcess({**server_env, **env}, name).start()
+
+
+async def room_with(owner: Api, *others: Api, private: bool = False) -> int:
+    room = await owner.create_room(f"r-{secrets.token_hex(3)}", private=private)
+    for other in others:
+        await owner.add(room["id"], other.username)
+    return int(room["id"])
+
+
+async def seed(database_url: str, room: int, sender: int, count: int, body: str) -> None:
+    """Store `count` messages at once, straight into PostgreSQL (nobody is joined yet)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            last = await conn.fetchval(
+                "UPDATE rooms SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq",
+                room,
+                count,
+            )
+            await conn.execute(
+                "INSERT INTO messages (room_id, seq, sender_id, body)"
+                " SELECT $1, s, $2, $5 FROM generate_series($3::bigint, $4::bigint) s",
+                room,
+                sender,
+                last - count + 1,
+                last,
+                body,
+            )
+    finally:
+        await conn.close()
+
+
+class DeafClient:
+    """A WebSocket client on a bare socket with a tiny receive window that never reads."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @classmethod
+    async def connect(cls, port: int) -> DeafClient:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            key = base64.b64encode(os.urandom(16)).decode()
+            await loop.sock_sendall(
+                sock,
+                (
+                    f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                    "Sec-WebSocket-Version: 13\r\n\r\n"
+                ).encode(),
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:  # the 101 only; nothing after it is ever read
+                head += await asyncio.wait_for(loop.sock_recv(sock, 1), 10)
+            assert b" 101 " in head.split(b"\r\n")[0], head
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        payload = json.dumps(frame).encode()
+        mask = os.urandom(4)
+        assert len(payload) < 126
+        body = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        await asyncio.get_running_loop().sock_sendall(
+            self.sock, bytes([0x81, 0x80 | len(payload)]) + mask + body
+        )
+
+    async def gone(self, timeout: float) -> None:
+        """Read (at last) until the server's end is closed or reset: EOF or ECONNRESET."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    if not await loop.sock_recv(self.sock, 1 << 20):
+                        return
+                except ConnectionResetError:
+                    return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def gauge(metrics_text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", metrics_text, re.M)
+    assert match, name
+    return float(match.group(1))
+
+
+# -- F10: an idle-expired session keeps its socket ------------------------------------
+
+
+async def test_idle_expired_session_closes_its_socket(
+    server_env: dict[str, str], database_url: str
+) -> None:
+    """A session idle past SESSION_IDLE_DAYS gets 401 over HTTP and its socket closed 4001."""
+    proc = await private(server_env, "idle", RECONCILE_INTERVAL="0.2", ACCESS_RECHECK="0.2")
+    try:
+        api = await Api.new_user(proc.url, "idle")
+        ws = await Ws.connect(proc.ws_url, api.token)
+        try:
+            conn = await asyncpg.connect(database_url)
+            try:
+                await conn.execute(
+                    "UPDATE sessions SET last_used_at = now() - interval '400 days'"
+                    " WHERE user_id = $1",
+                    api.user["id"],
+                )
+            finally:
+                await conn.close()
+            assert (await api.raw("GET", "/api/rooms")).status_code == 401
+            assert await ws.close_code(timeout=15) == 4001
+        finally:
+            await ws.close()
+            await api.close()
+    finally:
+        await proc.stop()
