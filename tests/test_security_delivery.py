@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from .support import Api, ServerProcess, Ws
+from .support import PASSWORD, Api, ServerProcess, Ws
 
 Pair = tuple[ServerProcess, ServerProcess]
 
@@ -118,6 +118,32 @@ def gauge(metrics_text: str, name: str) -> float:
     match = re.search(rf"^{name} (\S+)$", metrics_text, re.M)
     assert match, name
     return float(match.group(1))
+
+
+# -- F8: no secrets in logs ------------------------------------------------------------
+
+
+async def test_debug_logs_show_no_token_or_password(server_env: dict[str, str]) -> None:
+    """At LOG_LEVEL=DEBUG a log-in and a hello leave neither password nor token in any line."""
+    proc = await private(server_env, "debug", LOG_LEVEL="DEBUG")
+    try:
+        api = await Api.new_user(proc.url, "logged")
+        try:
+            ws = await Ws.connect(proc.ws_url, api.token)
+            try:
+                assert (await ws.call({"type": "ping"}))["type"] == "pong"
+            finally:
+                await ws.close()
+            await proc.wait_for_line("disconnected")
+        finally:
+            await api.close()
+        assert api.token
+        # The frames were logged (so the check looks at the right lines), but not the secrets.
+        assert any("TEXT" in line for line in proc.lines), proc.lines[-20:]
+        assert not [line for line in proc.lines if api.token in line]
+        assert not [line for line in proc.lines if PASSWORD in line]
+    finally:
+        await proc.stop()
 
 
 # -- F10: an idle-expired session keeps its socket ------------------------------------
