@@ -446,6 +446,11 @@ async def _hello(websocket: WebSocket, node: Node, settings: Settings) -> Connec
             remote=f"{client.host}:{client.port}" if client else "",
         )
         node.attach(conn)
+        try:
+            await node.confirm(conn)
+        except BaseException:
+            await node.detach(conn)
+            raise
     except ChatError as exc:
         with contextlib.suppress(Exception):
             await websocket.send_text(

@@ -164,6 +164,16 @@ class Node:
         if self.draining:
             conn.close(Close.RESTART, "server restarting")  # its hello raced the shutdown
 
+    async def confirm(self, conn: Connection) -> None:
+        """Refuse a just-attached connection whose session ended while its hello was read.
+
+        A log-out that closed the token's sockets before `attach` missed this one;
+        the session is read again now that a log-out finds it. The caller detaches
+        the connection if this raises.
+        """
+        if not await self.store.live_sessions([conn.token_hash]):
+            raise ChatError("unauthorized", "this session has ended: log in again")
+
     async def detach(self, conn: Connection) -> None:
         self.hub.remove(conn)
         self.limits.pop(conn.id, None)
@@ -251,6 +261,11 @@ class Node:
             registered = True
             conn.rooms[room] = start
             conn.catching_up.add(room)
+            # A removal applied after `access` was read, but before the connection was
+            # registered here, kicked nobody: read membership again now that a removal
+            # finds it, so that a removal always wins (nothing was sent for it yet).
+            if (room, conn.user.id) not in await self.store.memberships([room], [conn.user.id]):
+                raise forbidden("you were removed from this room")
             await conn.put(
                 encode_text(OkJoin(ref=frame.ref, room=room, seq=last, truncated=truncated))
             )

@@ -120,6 +120,67 @@ def gauge(metrics_text: str, name: str) -> float:
     return float(match.group(1))
 
 
+# -- F7: a removal racing a join, a log-out racing a hello --------------------------
+
+
+async def test_removal_racing_joins_always_wins(servers: Pair, alice: Api) -> None:
+    """Not deterministic: many joins race a removal across processes; none keeps the room.
+
+    The window (membership read, removal applied, socket registered) is too narrow
+    to pin from outside the process, so each round races 10 joins against one
+    removal; then a message is posted and must reach no socket of the removed user.
+    """
+    a, b = servers
+    for round_ in range(15):
+        bob = await Api.new_user(a.url, "raced")
+        room = await room_with(alice, bob, private=True)
+        witness = await Ws.connect(b.ws_url, alice.token)
+        sockets = [await Ws.connect(b.ws_url, bob.token) for _ in range(10)]
+        try:
+            await witness.join(room)
+            joins = [
+                asyncio.ensure_future(ws.call({"type": "join", "room": room})) for ws in sockets
+            ]
+            await alice.request("DELETE", f"/api/rooms/{room}/members/{bob.username}", 204)
+            await asyncio.gather(*joins)
+            posted = await alice.post(room, f"after removal {round_}")
+            got = await witness.messages(room, 1)
+            assert got[0]["id"] == posted["id"]
+            # b handed the message to its sockets together: what each has now is all it gets.
+            for ws in sockets:
+                await ws.call({"type": "ping"})
+                leaked = []
+                while not ws.frames.empty():
+                    frame = ws.frames.get_nowait()
+                    if frame["type"] == "message":
+                        leaked.append(frame)
+                assert not leaked, f"round {round_}: a removed member got {leaked}"
+        finally:
+            for ws in [witness, *sockets]:
+                await ws.close()
+            await bob.close()
+
+
+async def test_logout_racing_hello_always_wins(servers: Pair) -> None:
+    """Not deterministic: hellos race a log-out; every socket ends closed 4001."""
+    a, b = servers
+    for _ in range(10):
+        api = await Api.new_user(a.url, "out")
+        connecting = [asyncio.ensure_future(Ws.connect(b.ws_url)) for _ in range(8)]
+        sockets: list[Ws] = []
+        try:
+            sockets = list(await asyncio.gather(*connecting))
+            for ws in sockets:
+                await ws.send({"type": "hello", "token": api.token})
+            await api.request("DELETE", "/api/sessions/current", 204)
+            for ws in sockets:
+                assert await ws.close_code(timeout=10) == 4001
+        finally:
+            for ws in sockets:
+                await ws.close()
+            await api.close()
+
+
 # -- F8: no secrets in logs ------------------------------------------------------------
 
 
