@@ -60,6 +60,7 @@ def serve(args: argparse.Namespace) -> None:
     port = args.port if args.port is not None else settings.port
     log.info("serving", extra={"host": host, "port": port, "env": settings.chat_env})
     os.environ["HANDSHAKE_TIMEOUT"] = str(settings.handshake_timeout)
+    os.environ["CLOSE_TIMEOUT"] = str(settings.close_timeout)
     from .closing import ClosingWebSocketProtocol
     from .handshake import DeadlineHttpProtocol
 

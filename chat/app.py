@@ -443,6 +443,7 @@ async def _hello(websocket: WebSocket, node: Node, settings: Settings) -> Connec
             token_hash,
             max_frames=settings.outbound_queue_frames,
             max_bytes=settings.outbound_queue_bytes,
+            send_timeout=settings.send_timeout,
             remote=f"{client.host}:{client.port}" if client else "",
         )
         node.attach(conn)

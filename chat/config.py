@@ -151,6 +151,12 @@ class Settings:
     replay_limit: int = 1000
     outbound_queue_frames: int = 2000
     outbound_queue_bytes: int = 4 * 1024 * 1024
+    # Seconds a replay or a reply waits for room in a full send queue before the
+    # connection is closed with 1013 (the client stopped reading).
+    send_timeout: float = 10.0
+    # Seconds a WebSocket close may wait on a peer that reads nothing (its buffered data
+    # and close frame unsent) before the connection is cut.
+    close_timeout: float = 10.0
     max_rooms_per_connection: int = 500
     max_connections_per_user: int = 50
     # Fan-out and recovery.
@@ -267,6 +273,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "replay_limit": _int(1, 100000),
     "outbound_queue_frames": _int(16, 10000000),
     "outbound_queue_bytes": _int(65536, 1 << 34),
+    "send_timeout": _float(0.1, 3600),
+    "close_timeout": _float(0.1, 3600),
     "max_rooms_per_connection": _int(1, 100000),
     "max_connections_per_user": _int(1, 100000),
     "gap_grace": _float(0, 10),

@@ -9,7 +9,10 @@ step with no await in between.
 
 Nothing here awaits a client during fan-out: frames go onto each connection's
 bounded queue, ephemeral frames are shed first when it fills, and a connection
-that still overflows is closed with 1013 so that it resumes with `since`.
+that still overflows is closed with 1013 so that it resumes with `since`. What
+does wait for queue room (a replay, a reply) waits at most `send_timeout`
+seconds: a client that stopped reading is closed with 1013 then, rather than
+holding its replay, its reader and its buffers forever.
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ class Connection:
     """One WebSocket client: who it is, what it joined, and its outbound queue."""
 
     def __init__(
-        self, user: User, token_hash: bytes, *, max_frames: int, max_bytes: int, remote: str = ""
+        self,
+        user: User,
+        token_hash: bytes,
+        *,
+        max_frames: int,
+        max_bytes: int,
+        send_timeout: float = 10.0,
+        remote: str = "",
     ) -> None:
         # A process-local id for logs and for excluding a sender from its own frames.
         self.id = next(_ids)
@@ -56,6 +66,8 @@ class Connection:
         self.queued_bytes = 0
         self.max_frames = max_frames
         self.max_bytes = max_bytes
+        # Seconds `room_for` waits for the writer to make room before giving up on the client.
+        self.send_timeout = send_timeout
         # Set when the queue has something, or when the connection must close.
         self.wakeup = asyncio.Event()
         # Set when a replay waits for room in the queue and the writer made some.
@@ -122,14 +134,23 @@ class Connection:
         return self.push(text)
 
     async def room_for(self, size: int) -> None:
-        """Wait until a frame of `size` fits in the queue (or the connection is closing)."""
+        """Wait until a frame of `size` fits in the queue (or the connection is closing).
+
+        A client that reads nothing for `send_timeout` is closed with 1013: without a
+        deadline the waiting replay or reply (and the reader behind it) never ends.
+        """
+        deadline = asyncio.get_running_loop().time() + self.send_timeout
         while (
             self.close_code is None
             and self.queue
             and (len(self.queue) >= self.max_frames or self.queued_bytes + size > self.max_bytes)
         ):
             self.drained.clear()
-            await self.drained.wait()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self.drained.wait()
+            except TimeoutError:
+                self.close(Close.TRY_AGAIN, "send queue stuck: read faster, resume with since")
 
     def pop(self) -> str | None:
         if not self.queue:

@@ -120,6 +120,89 @@ def gauge(metrics_text: str, name: str) -> float:
     return float(match.group(1))
 
 
+# -- F4: a client that stops reading during a replay ------------------------------
+
+
+async def deaf_replay_is_dropped(
+    proc: ServerProcess, witness: ServerProcess, database_url: str
+) -> None:
+    """A deaf client replays big rooms; `proc` must drop it, out of presence and metrics."""
+    owner = await Api.new_user(witness.url, "owner")
+    api = await Api.new_user(proc.url, "deaf")
+    deaf: DeafClient | None = None
+    watcher: Ws | None = None
+    try:
+        rooms = [await room_with(owner, api) for _ in range(3)]
+        for room in rooms:
+            # 3 x 1,000 x 4 KB: far more than the kernel's buffers and the send queue.
+            await seed(database_url, room, owner.user["id"], 1000, "z" * 4000)
+        watcher = await Ws.connect(witness.ws_url, owner.token)
+        await watcher.join(rooms[0])
+        deaf = await DeafClient.connect(proc.port)
+        await deaf.send({"type": "hello", "token": api.token})
+        for n, room in enumerate(rooms):
+            await deaf.send({"type": "join", "ref": n, "room": room, "since": 0})
+        # Seen online from the other process, then gone: the server dropped it.
+        diff = await watcher.expect("presence_diff")
+        assert diff["joins"] == [api.user], diff
+        diff = await watcher.expect("presence_diff", timeout=30)
+        assert diff["leaves"] == [api.user], diff
+        for room in rooms:
+            online = await owner.request("GET", f"/api/rooms/{room}/presence", 200)
+            assert api.user not in online["online"], online
+        # The transport is gone too, and its buffered megabytes with it.
+        await deaf.gone(timeout=30)
+        await proc.wait_for_line("disconnected")
+        metrics = (await api.raw("GET", "/metrics")).text
+        assert gauge(metrics, "chat_connections") == 0
+    finally:
+        if deaf is not None:
+            deaf.close()
+        if watcher is not None:
+            await watcher.close()
+        await api.close()
+        await owner.close()
+
+
+async def test_deaf_client_in_replay_is_dropped_by_send_timeout(
+    server_env: dict[str, str], server: ServerProcess, database_url: str
+) -> None:
+    """A client that reads nothing during a since=0 replay is closed after SEND_TIMEOUT and cut."""
+    proc = await private(
+        server_env,
+        "deaf",
+        OUTBOUND_QUEUE_FRAMES="16",
+        OUTBOUND_QUEUE_BYTES="65536",
+        SEND_TIMEOUT="1",
+        CLOSE_TIMEOUT="1",
+        HEARTBEAT="600",  # the send deadline, not the heartbeat, must catch it
+    )
+    try:
+        await deaf_replay_is_dropped(proc, server, database_url)
+        assert any("disconnected" in line and "code=1013" in line for line in proc.lines)
+    finally:
+        await proc.stop()
+
+
+async def test_deaf_client_dropped_by_heartbeat_is_cut(
+    server_env: dict[str, str], server: ServerProcess, database_url: str
+) -> None:
+    """The heartbeat's 1011 cannot get through to a deaf client: the transport is aborted."""
+    proc = await private(
+        server_env,
+        "deaf-hb",
+        OUTBOUND_QUEUE_FRAMES="16",
+        OUTBOUND_QUEUE_BYTES="65536",
+        SEND_TIMEOUT="3600",  # the heartbeat, not the send deadline, must catch it
+        CLOSE_TIMEOUT="1",
+        HEARTBEAT="1",
+    )
+    try:
+        await deaf_replay_is_dropped(proc, server, database_url)
+    finally:
+        await proc.stop()
+
+
 # -- F7: a removal racing a join, a log-out racing a hello --------------------------
 
 
