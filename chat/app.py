@@ -295,7 +295,7 @@ async def post_message(request: Request) -> Response:
     room = _id(request)
     body: NewMessage = await read_body(request, NewMessage)
     check_body(body.body)
-    message = await _node(request).send(user, room, body.body, body.client_id)
+    message = await _node(request).post(user, room, body.body, body.client_id)
     return json_response(MessageOut(message=message), 201)
 
 

@@ -144,11 +144,19 @@ class Settings:
     handshake_rate: float = 50.0
     heartbeat: float = 20.0
     ws_compression: bool = False
+    # Sends, edits and deletes per user and process, over WebSocket and HTTP together.
     send_rate: float = 20.0
     send_burst: int = 50
+    # Joins, leaves and reads per user and process.
+    control_rate: float = 20.0
+    control_burst: int = 500
     rate_limit_close_after: int = 100
     typing_rate: float = 1.0
     replay_limit: int = 1000
+    # Replayed message frames per user and process (joins with `since`): beyond it a
+    # join's replay is cut short (`truncated`), the rest left to the history API.
+    replay_rate: float = 1000.0
+    replay_burst: int = 5000
     outbound_queue_frames: int = 2000
     outbound_queue_bytes: int = 4 * 1024 * 1024
     # Seconds a replay or a reply waits for room in a full send queue before the
@@ -166,6 +174,9 @@ class Settings:
     # broadcast was lost, sessions that expired while idle) while the broker link is up.
     access_recheck: float = 30.0
     presence_ttl: float = 30.0
+    # Seconds a room's presence changes gather before one presence_diff goes out with
+    # the net joins and leaves (a join and a leave of the same user cancel out).
+    presence_coalesce: float = 0.15
     # Sessions and passwords.
     session_idle_days: float = 30.0
     argon2_memory_kib: int = 19456
@@ -268,9 +279,13 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ws_compression": _bool,
     "send_rate": _float(0.1, 100000),
     "send_burst": _int(1, 1000000),
+    "control_rate": _float(0.1, 100000),
+    "control_burst": _int(1, 1000000),
     "rate_limit_close_after": _int(1, 1000000),
     "typing_rate": _float(0.01, 1000),
     "replay_limit": _int(1, 100000),
+    "replay_rate": _float(0.1, 10000000),
+    "replay_burst": _int(1, 100000000),
     "outbound_queue_frames": _int(16, 10000000),
     "outbound_queue_bytes": _int(65536, 1 << 34),
     "send_timeout": _float(0.1, 3600),
@@ -281,6 +296,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "reconcile_interval": _float(0.05, 3600),
     "access_recheck": _float(0.05, 86400),
     "presence_ttl": _float(1, 3600),
+    "presence_coalesce": _float(0, 10),
     "session_idle_days": _float(0.0001, 36500),
     "argon2_memory_kib": _int(8, 4 * 1024 * 1024),
     "argon2_time_cost": _int(1, 100),

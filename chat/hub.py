@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from .errors import Close
@@ -251,19 +251,25 @@ class Hub:
                 behind.append(conn)
         return behind
 
-    def broadcast(self, state: RoomState, text: str, *, exclude: int = 0, ephemeral: bool) -> None:
+    def broadcast(
+        self, state: RoomState, text: str, *, exclude: Collection[int] = (), ephemeral: bool
+    ) -> None:
         """Hand a frame without a seq (edits, typing, presence) to the room's connections.
 
         A connection still being replayed the room gets it after the replay.
         """
-        room = state.id
         for conn in state.conns.values():
-            if conn.id == exclude:
-                continue
-            if room in conn.catching_up:
-                conn.hold(room, text, ephemeral)
-            else:
-                conn.push(text, ephemeral)
+            if conn.id not in exclude:
+                self.broadcast_to(state, conn, text, ephemeral=ephemeral)
+
+    def broadcast_to(
+        self, state: RoomState, conn: Connection, text: str, *, ephemeral: bool
+    ) -> None:
+        """`broadcast` for one connection of the room."""
+        if state.id in conn.catching_up:
+            conn.hold(state.id, text, ephemeral)
+        else:
+            conn.push(text, ephemeral)
 
     def by_token(self, token_hash: bytes) -> list[Connection]:
         return [c for c in self.connections.values() if c.token_hash == token_hash]

@@ -21,10 +21,12 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 
 from . import metrics
 from .accounts import Accounts
 from .broker import Broker, PresenceEntry
+from .budgets import Budgets
 from .config import Settings
 from .errors import ChatError, Close, forbidden, invalid, not_found
 from .hub import Connection, Hub, RoomState
@@ -69,6 +71,18 @@ PENDING_LIMIT = 10000
 FILL_BATCH = 500
 
 
+@dataclass
+class PresenceBatch:
+    """A room's presence changes gathered for one presence_diff, net of each other."""
+
+    # Users who came, and users who went, by id: a change undoes its opposite.
+    joins: dict[int, User] = field(default_factory=dict)
+    leaves: dict[int, User] = field(default_factory=dict)
+    # Connection id -> its user, for connections whose own join is announced: they
+    # get the diff without themselves (the contract), but with everyone else.
+    own: dict[int, int] = field(default_factory=dict)
+
+
 class Node:
     """One server process's view of the chat service."""
 
@@ -84,8 +98,12 @@ class Node:
         self.control = f"{settings.redis_prefix}:control"
         self.accounts = Accounts(store, settings)
         self.hub = Hub()
-        # Per-connection rate limits, by connection id.
+        # Per-connection rate limits (refusals, typing), by connection id.
         self.limits: dict[int, Limits] = {}
+        # Per-user budgets shared by HTTP and WebSocket: sends, joins and reads, replays.
+        self.budgets = Budgets(settings)
+        # Presence changes per room waiting for their coalesced presence_diff.
+        self.presence_batches: dict[int, PresenceBatch] = {}
         # Presence entries this process holds, refreshed before they expire.
         self.presence: dict[tuple[int, int], PresenceEntry] = {}
         # Background loops and fire-and-forget tasks, cancelled on stop.
@@ -189,27 +207,30 @@ class Node:
         """Act on one decoded frame; replies go onto the connection's queue."""
         match frame:
             case Send():
-                self._limit(conn)
+                self._limit(conn, self.budgets.of(conn.user.id).sends.take())
                 started = time.perf_counter()
                 message = await self.send(conn.user, as_id(frame.room), frame.body, frame.client_id)
                 metrics.SEND_LATENCY.observe(time.perf_counter() - started)
                 await conn.put(encode_text(OkMessage(ref=frame.ref, message=message)))
             case Join():
+                self._limit(conn, self.budgets.of(conn.user.id).control.take())
                 await self.join(conn, frame)
             case Leave():
+                self._limit(conn, self.budgets.of(conn.user.id).control.take())
                 await self._leave_room(conn, as_id(frame.room))
                 await conn.put(encode_text(Ok(ref=frame.ref)))
             case Typing():
                 await self.typing(conn, as_id(frame.room))
             case Read():
+                self._limit(conn, self.budgets.of(conn.user.id).control.take())
                 await self.read(conn.user, as_id(frame.room), frame.seq)
                 await conn.put(encode_text(Ok(ref=frame.ref)))
             case Edit():
-                self._limit(conn)
+                self._limit(conn, self.budgets.of(conn.user.id).sends.take())
                 message = await self.edit(conn.user, as_id(frame.room), as_id(frame.id), frame.body)
                 await conn.put(encode_text(OkMessage(ref=frame.ref, message=message)))
             case Delete():
-                self._limit(conn)
+                self._limit(conn, self.budgets.of(conn.user.id).sends.take())
                 await self.delete(conn.user, as_id(frame.room), as_id(frame.id))
                 await conn.put(encode_text(Ok(ref=frame.ref)))
             case Ping():
@@ -217,15 +238,21 @@ class Node:
             case _:
                 raise invalid("`hello` was already received")
 
-    def _limit(self, conn: Connection) -> None:
-        limits = self.limits.get(conn.id)
-        if limits is None or limits.bucket.take():
+    def _limit(self, conn: Connection, allowed: bool) -> None:
+        """Refuse a frame its user's budget did not allow; too many refusals close 4008.
+
+        The budget is the user's (every connection and the HTTP API spend it); the
+        refusals that lead to 4008 are counted per connection.
+        """
+        if allowed:
             return
-        limits.refusals += 1
-        if limits.refusals > self.settings.rate_limit_close_after:
-            conn.close(Close.RATE_LIMITED, "rate limit exceeded too often")
-            metrics.CLOSES.labels(str(Close.RATE_LIMITED)).inc()
-        raise ChatError("rate_limited", "too many sends: slow down")
+        limits = self.limits.get(conn.id)
+        if limits is not None:
+            limits.refusals += 1
+            if limits.refusals > self.settings.rate_limit_close_after:
+                conn.close(Close.RATE_LIMITED, "rate limit exceeded too often")
+                metrics.CLOSES.labels(str(Close.RATE_LIMITED)).inc()
+        raise ChatError("rate_limited", "too many requests: slow down")
 
     async def join(self, conn: Connection, frame: Join) -> None:
         room = as_id(frame.room)
@@ -252,6 +279,10 @@ class Node:
             if frame.since is not None:
                 since = min(frame.since, last)
                 start = max(since, last - self.settings.replay_limit)
+                # Replays spend the user's replay budget: a few bytes of `join` asked
+                # for megabytes. Beyond it the replay is cut short like one beyond
+                # REPLAY_LIMIT: the newest that fit, `truncated`, the rest over HTTP.
+                start = last - self.budgets.of(conn.user.id).replay.grant(last - start)
                 truncated = start > since
             first_here = False
             if not rejoin:
@@ -374,6 +405,12 @@ class Node:
 
     # -- messages -------------------------------------------------------------
 
+    async def post(self, user: User, room: int, body: str, client_id: str | None) -> Message:
+        """`send` for the HTTP API: it spends the same per-user budget as the WebSocket."""
+        if not self.budgets.of(user.id).sends.take():
+            raise ChatError("rate_limited", "too many sends: slow down")
+        return await self.send(user, room, body, client_id)
+
     async def send(self, user: User, room: int, body: str, client_id: str | None) -> Message:
         """Store a message and fan it out; returns it once it is durably stored."""
         result = await self.store.insert_message(room, user, body, client_id)
@@ -416,7 +453,7 @@ class Node:
         text = encode_text(TypingFrame(room=room, user=conn.user))
         state = self.hub.rooms.get(room)
         if state is not None:
-            self.hub.broadcast(state, text, exclude=conn.id, ephemeral=True)
+            self.hub.broadcast(state, text, exclude=(conn.id,), ephemeral=True)
         await self._publish(self._channel(room), b"E", 0, b"", text)
 
     async def _check_access(self, room: int, user: int) -> None:
@@ -426,11 +463,11 @@ class Node:
         if not access.member:
             raise forbidden()
 
-    async def _broadcast(self, room: int, text: str, *, exclude: int = 0) -> None:
+    async def _broadcast(self, room: int, text: str) -> None:
         """A frame without a seq to every joined connection, here and elsewhere."""
         state = self.hub.rooms.get(room)
         if state is not None:
-            self.hub.broadcast(state, text, exclude=exclude, ephemeral=False)
+            self.hub.broadcast(state, text, ephemeral=False)
         await self._publish(self._channel(room), b"F", 0, b"", text)
 
     async def _publish(self, channel: str, kind: bytes, seq: int, arg: bytes, text: str) -> None:
@@ -579,6 +616,7 @@ class Node:
                 if not self.broker.connected or now - rechecked >= self.settings.access_recheck:
                     await self._recheck_access()
                     rechecked = now
+                self.budgets.prune(self.hub.per_user)
                 await self._reconcile()
             except ChatError:
                 pass  # PostgreSQL is away; the next round tries again
@@ -635,10 +673,73 @@ class Node:
     async def _presence_diff(
         self, room: int, joins: list[User], leaves: list[User], *, exclude: int = 0
     ) -> None:
-        text = encode_text(PresenceDiffFrame(room=room, joins=joins, leaves=leaves))
+        """Announce presence changes: the first at once, then one net diff a window.
+
+        Without it every join and leave was a frame to every member: a user joining
+        and leaving in a loop flooded the room. A change in a quiet room goes out at
+        once, as before; the changes of the next PRESENCE_COALESCE seconds gather
+        into one diff, where a join and a leave of the same user cancel out (what
+        really changed is still announced), and so on while changes keep coming.
+        """
+        change = PresenceBatch(
+            {u.id: u for u in joins},
+            {u.id: u for u in leaves},
+            {exclude: joins[0].id} if exclude and joins else {},
+        )
+        if self.settings.presence_coalesce <= 0:
+            await self._send_presence(room, change)
+            return
+        batch = self.presence_batches.get(room)
+        if batch is None:
+            # A quiet room: announce now, and gather what follows for a window.
+            self.presence_batches[room] = PresenceBatch()
+            self._spawn(self._flush_presence(room), "presence-diff")
+            await self._send_presence(room, change)
+            return
+        for user in joins:
+            if batch.leaves.pop(user.id, None) is None:
+                batch.joins[user.id] = user
+        batch.own.update(change.own)
+        for user in leaves:
+            if batch.joins.pop(user.id, None) is None:
+                batch.leaves[user.id] = user
+
+    async def _flush_presence(self, room: int) -> None:
+        """Every window, send what gathered; stop (the room is quiet) when nothing did."""
+        while True:
+            await asyncio.sleep(self.settings.presence_coalesce)  # the window, not a sync
+            batch = self.presence_batches.get(room)
+            if batch is None:
+                return
+            if not batch.joins and not batch.leaves:
+                del self.presence_batches[room]
+                return
+            self.presence_batches[room] = PresenceBatch()
+            await self._send_presence(room, batch)
+
+    async def _send_presence(self, room: int, batch: PresenceBatch) -> None:
+        if not batch.joins and not batch.leaves:
+            return
+        leaves = list(batch.leaves.values())
+        text = encode_text(
+            PresenceDiffFrame(room=room, joins=list(batch.joins.values()), leaves=leaves)
+        )
         state = self.hub.rooms.get(room)
         if state is not None:
-            self.hub.broadcast(state, text, exclude=exclude, ephemeral=True)
+            own = {cid: uid for cid, uid in batch.own.items() if uid in batch.joins}
+            self.hub.broadcast(state, text, exclude=own.keys(), ephemeral=True)
+            # A joiner is not told of its own join, but of the others' changes it is.
+            variants: dict[int, str] = {}
+            for cid, uid in own.items():
+                conn = state.conns.get(cid)
+                joins = [u for u in batch.joins.values() if u.id != uid]
+                if conn is None or not (joins or leaves):
+                    continue
+                if uid not in variants:
+                    variants[uid] = encode_text(
+                        PresenceDiffFrame(room=room, joins=joins, leaves=leaves)
+                    )
+                self.hub.broadcast_to(state, conn, variants[uid], ephemeral=True)
         await self._publish(self._channel(room), b"P", 0, b"", text)
 
     async def _presence_list(self, room: int) -> list[User]:

@@ -71,6 +71,10 @@ def server_env(database_url: str, redis_prefix: str) -> dict[str, str]:
         "RECONCILE_INTERVAL": "1",
         # Every test client connects from 127.0.0.1.
         "HANDSHAKE_RATE": "100000",
+        # Tests write their rooms' history quickly as one user; the rate limits are
+        # tested by processes of their own with small budgets.
+        "SEND_RATE": "100000",
+        "SEND_BURST": "100000",
     }
 
 

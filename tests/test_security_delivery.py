@@ -14,9 +14,11 @@ import os
 import re
 import secrets
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import pytest
 
 from .support import PASSWORD, Api, ServerProcess, Ws
 
@@ -201,6 +203,160 @@ async def test_deaf_client_dropped_by_heartbeat_is_cut(
         await deaf_replay_is_dropped(proc, server, database_url)
     finally:
         await proc.stop()
+
+
+# -- F6: budgets per user, over HTTP and WebSocket ---------------------------------
+
+
+@pytest.fixture(scope="module")
+async def budgets(server_env: dict[str, str]) -> AsyncIterator[ServerProcess]:
+    """A process with small per-user budgets."""
+    proc = await private(
+        server_env,
+        "budgets",
+        SEND_RATE="0.1",
+        SEND_BURST="3",
+        CONTROL_RATE="0.1",
+        CONTROL_BURST="4",
+        REPLAY_RATE="0.1",
+        REPLAY_BURST="100",
+        RATE_LIMIT_CLOSE_AFTER="5",
+    )
+    try:
+        yield proc
+    finally:
+        await proc.stop()
+
+
+async def test_http_and_websocket_share_one_send_budget(budgets: ServerProcess) -> None:
+    """POSTs spend the user's send budget: beyond it 429 `rate_limited`, and the socket too."""
+    api = await Api.new_user(budgets.url, "poster")
+    try:
+        room = await room_with(api)
+        for n in range(3):
+            await api.post(room, f"p{n}")
+        refused = await api.raw("POST", f"/api/rooms/{room}/messages", json={"body": "over"})
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limited"
+        ws = await Ws.connect(budgets.ws_url, api.token)
+        try:
+            reply = await ws.call({"type": "send", "room": room, "body": "ws"})
+            assert reply["type"] == "error" and reply["code"] == "rate_limited", reply
+        finally:
+            await ws.close()
+        assert [m["body"] for m in await api.history(room)] == ["p0", "p1", "p2"]
+    finally:
+        await api.close()
+
+
+async def test_budget_is_per_user_not_per_connection(budgets: ServerProcess) -> None:
+    """Two sockets of one user share one send budget."""
+    api = await Api.new_user(budgets.url, "twin")
+    sockets = []
+    try:
+        room = await room_with(api)
+        sockets = [await Ws.connect(budgets.ws_url, api.token) for _ in range(2)]
+        replies = [
+            await sockets[n % 2].call({"type": "send", "room": room, "body": f"s{n}"})
+            for n in range(4)
+        ]
+        assert [r["type"] for r in replies] == ["ok", "ok", "ok", "error"], replies
+    finally:
+        for ws in sockets:
+            await ws.close()
+        await api.close()
+
+
+async def test_joins_leaves_and_reads_spend_a_budget(budgets: ServerProcess) -> None:
+    """join, leave and read beyond CONTROL_BURST get `rate_limited`; refusals still close 4008."""
+    api = await Api.new_user(budgets.url, "churn")
+    try:
+        room = await room_with(api)
+        ws = await Ws.connect(budgets.ws_url, api.token)
+        try:
+            await ws.join(room)
+            assert (await ws.call({"type": "leave", "room": room}))["type"] == "ok"
+            await ws.join(room)
+            assert (await ws.call({"type": "read", "room": room, "seq": 0}))["type"] == "ok"
+            for frame in ({"type": "join", "room": room}, {"type": "read", "room": room, "seq": 0}):
+                refused = await ws.call(frame)
+                assert refused["type"] == "error" and refused["code"] == "rate_limited", refused
+            for n in range(5):
+                await ws.send({"type": "leave", "ref": f"x{n}", "room": room})
+            assert await ws.close_code() == 4008
+        finally:
+            await ws.close()
+    finally:
+        await api.close()
+
+
+async def test_replays_spend_a_budget_and_are_truncated_beyond_it(
+    budgets: ServerProcess, database_url: str
+) -> None:
+    """Replays beyond REPLAY_BURST frames are cut short: `truncated`, the newest that fit."""
+    api = await Api.new_user(budgets.url, "replayer")
+    try:
+        rooms = [await room_with(api) for _ in range(2)]
+        for room in rooms:
+            await seed(database_url, room, api.user["id"], 300, "r")
+        ws = await Ws.connect(budgets.ws_url, api.token)
+        try:
+            ok = await ws.call({"type": "join", "room": rooms[0], "since": 0})
+            assert ok["seq"] == 300 and ok["truncated"] is True, ok
+            await ws.expect("presence")
+            got = await ws.messages(rooms[0], 100)
+            assert [m["seq"] for m in got] == list(range(201, 301))
+            # The budget is spent: the next join replays (almost) nothing.
+            ok = await ws.call({"type": "join", "room": rooms[1], "since": 0})
+            assert ok["truncated"] is True, ok
+            await ws.expect("presence")
+            pong = await ws.call({"type": "ping"})
+            assert pong["type"] == "pong"
+            replayed = []
+            while not ws.frames.empty():
+                frame = ws.frames.get_nowait()
+                if frame["type"] == "message":
+                    replayed.append(frame["message"]["seq"])
+            assert len(replayed) <= 2, replayed
+        finally:
+            await ws.close()
+    finally:
+        await api.close()
+
+
+async def test_presence_join_leave_churn_is_coalesced(servers: Pair, alice: Api) -> None:
+    """50 join/leave pairs send far fewer presence_diffs than 100; a real join still shows."""
+    a, b = servers
+    churner = await Api.new_user(a.url, "churner")
+    marker = await Api.new_user(a.url, "marker")
+    watcher = await Ws.connect(b.ws_url, alice.token)
+    ws = await Ws.connect(a.ws_url, churner.token)
+    last = await Ws.connect(a.ws_url, marker.token)
+    try:
+        room = await room_with(alice, churner, marker)
+        await watcher.join(room)
+        pairs = 50
+        for _ in range(pairs):
+            await ws.join(room)
+            assert (await ws.call({"type": "leave", "room": room}))["type"] == "ok"
+        await ws.join(room)  # the churner stays: a real join
+        # Joined after all that on the same process: its join is announced in the last
+        # diff of the churn or after it, so the diffs up to it are all the churn made.
+        await last.join(room)
+        online = {alice.user["id"]}
+        diffs = []
+        while marker.user["id"] not in online:
+            diff = await watcher.expect("presence_diff")
+            diffs.append(diff)
+            online |= {u["id"] for u in diff["joins"]}
+            online -= {u["id"] for u in diff["leaves"]}
+        assert churner.user["id"] in online, diffs
+        assert len(diffs) < pairs, f"{len(diffs)} presence_diffs for {pairs} join/leave pairs"
+    finally:
+        for socket_ in (ws, last, watcher):
+            await socket_.close()
+        await churner.close()
+        await marker.close()
 
 
 # -- F7: a removal racing a join, a log-out racing a hello --------------------------
