@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter, deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import Close
@@ -251,15 +251,13 @@ class Hub:
                 behind.append(conn)
         return behind
 
-    def broadcast(
-        self, state: RoomState, text: str, *, exclude: Collection[int] = (), ephemeral: bool
-    ) -> None:
+    def broadcast(self, state: RoomState, text: str, *, exclude: int = 0, ephemeral: bool) -> None:
         """Hand a frame without a seq (edits, typing, presence) to the room's connections.
 
         A connection still being replayed the room gets it after the replay.
         """
         for conn in state.conns.values():
-            if conn.id not in exclude:
+            if conn.id != exclude:
                 self.broadcast_to(state, conn, text, ephemeral=ephemeral)
 
     def broadcast_to(

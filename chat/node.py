@@ -78,9 +78,6 @@ class PresenceBatch:
     # Users who came, and users who went, by id: a change undoes its opposite.
     joins: dict[int, User] = field(default_factory=dict)
     leaves: dict[int, User] = field(default_factory=dict)
-    # Connection id -> its user, for connections whose own join is announced: they
-    # get the diff without themselves (the contract), but with everyone else.
-    own: dict[int, int] = field(default_factory=dict)
 
 
 class Node:
@@ -301,7 +298,7 @@ class Node:
                 encode_text(OkJoin(ref=frame.ref, room=room, seq=last, truncated=truncated))
             )
             if first_here:
-                await self._presence_join(room, conn.user, exclude=conn.id)
+                await self._presence_join(room, conn.user)
             online = await self._presence_list(room)
             await conn.put(encode_text(PresenceFrame(room=room, online=online)))
             await self._catch_up(conn, state)
@@ -453,7 +450,7 @@ class Node:
         text = encode_text(TypingFrame(room=room, user=conn.user))
         state = self.hub.rooms.get(room)
         if state is not None:
-            self.hub.broadcast(state, text, exclude=(conn.id,), ephemeral=True)
+            self.hub.broadcast(state, text, exclude=conn.id, ephemeral=True)
         await self._publish(self._channel(room), b"E", 0, b"", text)
 
     async def _check_access(self, room: int, user: int) -> None:
@@ -640,12 +637,12 @@ class Node:
 
     # -- presence -------------------------------------------------------------
 
-    async def _presence_join(self, room: int, user: User, *, exclude: int) -> None:
+    async def _presence_join(self, room: int, user: User) -> None:
         entry = PresenceEntry(room, user, encode(user).decode())
         self.presence[(room, user.id)] = entry
-        await self._presence_add(entry, exclude=exclude)
+        await self._presence_add(entry)
 
-    async def _presence_add(self, entry: PresenceEntry, *, exclude: int = 0) -> bool:
+    async def _presence_add(self, entry: PresenceEntry) -> bool:
         """Add or refresh an entry and announce who came or went; False if the broker failed."""
         try:
             joined, left = await self.broker.presence_add(entry, self.settings.presence_ttl)
@@ -653,9 +650,7 @@ class Node:
             metrics.BROKER_ERRORS.inc()
             return False  # the refresh loop adds it once the broker is back
         if joined or left:
-            await self._presence_diff(
-                entry.room, [entry.user] if joined else [], left, exclude=exclude
-            )
+            await self._presence_diff(entry.room, [entry.user] if joined else [], left)
         return True
 
     async def _presence_leave(self, room: int, user: User) -> None:
@@ -670,9 +665,7 @@ class Node:
         if gone:
             await self._presence_diff(room, [], [user])
 
-    async def _presence_diff(
-        self, room: int, joins: list[User], leaves: list[User], *, exclude: int = 0
-    ) -> None:
+    async def _presence_diff(self, room: int, joins: list[User], leaves: list[User]) -> None:
         """Announce presence changes: the first at once, then one net diff a window.
 
         Without it every join and leave was a frame to every member: a user joining
@@ -681,11 +674,7 @@ class Node:
         into one diff, where a join and a leave of the same user cancel out (what
         really changed is still announced), and so on while changes keep coming.
         """
-        change = PresenceBatch(
-            {u.id: u for u in joins},
-            {u.id: u for u in leaves},
-            {exclude: joins[0].id} if exclude and joins else {},
-        )
+        change = PresenceBatch({u.id: u for u in joins}, {u.id: u for u in leaves})
         if self.settings.presence_coalesce <= 0:
             await self._send_presence(room, change)
             return
@@ -699,7 +688,6 @@ class Node:
         for user in joins:
             if batch.leaves.pop(user.id, None) is None:
                 batch.joins[user.id] = user
-        batch.own.update(change.own)
         for user in leaves:
             if batch.joins.pop(user.id, None) is None:
                 batch.leaves[user.id] = user
@@ -726,20 +714,27 @@ class Node:
         )
         state = self.hub.rooms.get(room)
         if state is not None:
-            own = {cid: uid for cid, uid in batch.own.items() if uid in batch.joins}
-            self.hub.broadcast(state, text, exclude=own.keys(), ephemeral=True)
-            # A joiner is not told of its own join, but of the others' changes it is.
-            variants: dict[int, str] = {}
-            for cid, uid in own.items():
-                conn = state.conns.get(cid)
-                joins = [u for u in batch.joins.values() if u.id != uid]
-                if conn is None or not (joins or leaves):
+            # No connection here is told of its own user's coming or going: not the one
+            # whose join caused it (the contract), nor one that joined again while its
+            # leave waited in the window (it would read that it left). Such a user has
+            # no other connection here in the room: the change was its first or last.
+            changed = batch.joins.keys() | batch.leaves.keys()
+            variants: dict[int, str | None] = {}
+            for conn in list(state.conns.values()):
+                uid = conn.user.id
+                if uid not in changed:
+                    self.hub.broadcast_to(state, conn, text, ephemeral=True)
                     continue
                 if uid not in variants:
-                    variants[uid] = encode_text(
-                        PresenceDiffFrame(room=room, joins=joins, leaves=leaves)
+                    others = PresenceDiffFrame(
+                        room=room,
+                        joins=[u for u in batch.joins.values() if u.id != uid],
+                        leaves=[u for u in leaves if u.id != uid],
                     )
-                self.hub.broadcast_to(state, conn, variants[uid], ephemeral=True)
+                    variants[uid] = encode_text(others) if others.joins or others.leaves else None
+                variant = variants[uid]
+                if variant is not None:
+                    self.hub.broadcast_to(state, conn, variant, ephemeral=True)
         await self._publish(self._channel(room), b"P", 0, b"", text)
 
     async def _presence_list(self, room: int) -> list[User]:

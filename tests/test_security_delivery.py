@@ -352,6 +352,12 @@ async def test_presence_join_leave_churn_is_coalesced(servers: Pair, alice: Api)
             online -= {u["id"] for u in diff["leaves"]}
         assert churner.user["id"] in online, diffs
         assert len(diffs) < pairs, f"{len(diffs)} presence_diffs for {pairs} join/leave pairs"
+        # The churner was never told of its own comings and goings (a leave that waited
+        # in the window while it joined again included).
+        assert (await ws.call({"type": "ping"}))["type"] == "pong"
+        while not ws.frames.empty():
+            frame = ws.frames.get_nowait()
+            assert churner.user not in frame.get("joins", []) + frame.get("leaves", []), frame
     finally:
         for socket_ in (ws, last, watcher):
             await socket_.close()
