@@ -460,11 +460,11 @@ class Node:
         if not access.member:
             raise forbidden()
 
-    async def _broadcast(self, room: int, text: str) -> None:
+    async def _broadcast(self, room: int, text: str, *, exclude: int = 0) -> None:
         """A frame without a seq to every joined connection, here and elsewhere."""
         state = self.hub.rooms.get(room)
         if state is not None:
-            self.hub.broadcast(state, text, ephemeral=False)
+            self.hub.broadcast(state, text, exclude=exclude, ephemeral=False)
         await self._publish(self._channel(room), b"F", 0, b"", text)
 
     async def _publish(self, channel: str, kind: bytes, seq: int, arg: bytes, text: str) -> None:
