@@ -132,9 +132,14 @@ def chat_servers(
         # Benchmarks only: cheap password hashing so that thousands of sign-ups take seconds.
         "ARGON2_MEMORY_KIB": "1024",
         "ARGON2_TIME_COST": "1",
-        # The per-connection send limit would cap the offered load; lift it.
+        # The per-user budgets (sends; joins, leaves and reads; replays) would cap the
+        # offered load of users with many connections; lift them.
         "SEND_RATE": "100000",
         "SEND_BURST": "100000",
+        "CONTROL_RATE": "100000",
+        "CONTROL_BURST": "1000000",
+        "REPLAY_RATE": "10000000",
+        "REPLAY_BURST": "100000000",
         "RATE_LIMIT_CLOSE_AFTER": "1000000",
         "HANDSHAKE_RATE": "100000",
         "LIMIT_CONCURRENCY": "100000",

@@ -353,7 +353,7 @@ async def post_message(request: Request) -> Response:
     user, _ = await current_user(request)
     room = _id(request)
     body: NewMessage = await read_body(request, NewMessage)
-    message = await _node(request).messages.send(user, room, body.body, body.client_id)
+    message = await _node(request).messages.post(user, room, body.body, body.client_id)
     return json_response(MessageOut(message=message), 201)
 
 
@@ -526,9 +526,15 @@ async def _hello(websocket: WebSocket, node: Node, settings: Settings) -> Connec
             limits=Limits(settings),
             max_frames=settings.outbound_queue_frames,
             max_bytes=settings.outbound_queue_bytes,
+            send_timeout=settings.send_timeout,
             remote=f"{client.host}:{client.port}" if client else "",
         )
         node.attach(conn)
+        try:
+            await node.confirm(conn)
+        except BaseException:
+            await node.detach(conn)
+            raise
     except ChatError as exc:
         with contextlib.suppress(Exception):
             await websocket.send_text(

@@ -8,6 +8,7 @@ typo in a deployment is found before the first client connects, not later.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -172,13 +173,27 @@ class Settings:
     handshake_rate: float = setting(50.0, _float(0.1, 1000000))
     heartbeat: float = setting(20.0, _float(1, 3600))
     ws_compression: bool = setting(False, _bool)
+    # Sends, edits and deletes per user and process, over WebSocket and HTTP together.
     send_rate: float = setting(20.0, _float(0.1, 100000))
     send_burst: int = setting(50, _int(1, 1000000))
+    # Joins, leaves and reads per user and process.
+    control_rate: float = setting(20.0, _float(0.1, 100000))
+    control_burst: int = setting(500, _int(1, 1000000))
     rate_limit_close_after: int = setting(100, _int(1, 1000000))
     typing_rate: float = setting(1.0, _float(0.01, 1000))
     replay_limit: int = setting(1000, _int(1, 100000))
+    # Replayed message frames per user and process (joins with `since`): beyond it a
+    # join's replay is cut short (`truncated`), the rest left to the history API.
+    replay_rate: float = setting(1000.0, _float(0.1, 10000000))
+    replay_burst: int = setting(5000, _int(1, 100000000))
     outbound_queue_frames: int = setting(2000, _int(16, 10000000))
     outbound_queue_bytes: int = setting(4 * 1024 * 1024, _int(65536, 1 << 34))
+    # Seconds a replay or a reply waits for room in a full send queue before the
+    # connection is closed with 1013 (the client stopped reading).
+    send_timeout: float = setting(10.0, _float(0.1, 3600))
+    # Seconds a WebSocket close may wait on a peer that reads nothing (its buffered data
+    # and close frame unsent) before the connection is cut.
+    close_timeout: float = setting(10.0, _float(0.1, 3600))
     max_rooms_per_connection: int = setting(500, _int(1, 100000))
     max_connections_per_user: int = setting(50, _int(1, 100000))
     # How many times an hour others may make one user a member of a room (adds and new
@@ -187,7 +202,13 @@ class Settings:
     # Fan-out and recovery.
     gap_grace: float = setting(0.05, _float(0, 10))
     reconcile_interval: float = setting(3.0, _float(0.05, 3600))
+    # Seconds between re-reads of memberships and sessions (removals and log-outs whose
+    # broadcast was lost, sessions that expired while idle) while the broker link is up.
+    access_recheck: float = setting(30.0, _float(0.05, 86400))
     presence_ttl: float = setting(30.0, _float(1, 3600))
+    # Seconds a room's presence changes gather before one presence_diff goes out with
+    # the net joins and leaves (a join and a leave of the same user cancel out).
+    presence_coalesce: float = setting(0.15, _float(0, 10))
     # Sessions and passwords.
     session_idle_days: float = setting(30.0, _float(0.0001, 36500))
     argon2_memory_kib: int = setting(19456, _int(8, 4 * 1024 * 1024))
@@ -262,3 +283,13 @@ class Settings:
                 raise ConfigError(
                     "CHAT_ENV=production needs ARGON2_MEMORY_KIB>=19456 and ARGON2_TIME_COST>=2"
                 )
+
+
+@functools.cache
+def process_settings() -> Settings:
+    """The settings, read once per process from the environment `python -m chat serve` checked.
+
+    For uvicorn's protocol classes (`handshake.py`, `closing.py`): its worker
+    processes build them, not the app factory, so each reads the settings itself.
+    """
+    return Settings.from_env()

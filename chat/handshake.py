@@ -28,7 +28,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .closing import ClosingWebSocketProtocol
-from .config import Settings
+from .config import process_settings
 from .limits import exempt
 from .protocol import ErrorBody, ErrorOut, encode
 
@@ -51,13 +51,6 @@ _TOO_MANY_RAW = (
 
 # Open connections per counted client address, in this process.
 _open: dict[str, int] = {}
-
-
-@functools.cache
-def _settings() -> Settings:
-    # uvicorn's worker processes build the protocol, not the app factory, so each
-    # reads the settings itself, from the same environment `python -m chat serve` checked.
-    return Settings.from_env()
 
 
 class Proxies:
@@ -126,7 +119,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settings = _settings()
+        settings = process_settings()
         # The timer that closes the connection if the headers or the body are late.
         self._deadline: asyncio.TimerHandle | None = None
         # Seconds for a request's headers, then for its body (HANDSHAKE_TIMEOUT, BODY_TIMEOUT).

@@ -10,7 +10,10 @@ channel), `add` whether a user's first connection joined it (presence), and
 
 Nothing here awaits a client during fan-out: frames go onto each connection's
 bounded queue, ephemeral frames are shed first when it fills, and a connection
-that still overflows is closed with 1013 so that it resumes with `since`.
+that still overflows is closed with 1013 so that it resumes with `since`. What
+does wait for queue room (a replay, a reply) waits at most `send_timeout`
+seconds: a client that stopped reading is closed with 1013 then, rather than
+holding its replay, its reader and its buffers forever.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Connection:
         limits: Limits,
         max_frames: int,
         max_bytes: int,
+        send_timeout: float = 10.0,
         remote: str = "",
     ) -> None:
         # A process-local id for logs and for excluding a sender from its own frames.
@@ -60,6 +64,8 @@ class Connection:
         self.queued_bytes = 0
         self.max_frames = max_frames
         self.max_bytes = max_bytes
+        # Seconds `wait_for_room` waits for the writer before giving up on the client.
+        self.send_timeout = send_timeout
         # Set when the queue has something, or when the connection must close.
         self.wakeup = asyncio.Event()
         # Set when the writer made room in the queue (a replay or reply waits for it).
@@ -110,14 +116,23 @@ class Connection:
         return self.push(text)
 
     async def wait_for_room(self, size: int) -> None:
-        """Wait until a frame of `size` fits in the queue (or the connection is closing)."""
+        """Wait until a frame of `size` fits in the queue (or the connection is closing).
+
+        A client that reads nothing for `send_timeout` is closed with 1013: without a
+        deadline the waiting replay or reply (and the reader behind it) never ends.
+        """
+        deadline = asyncio.get_running_loop().time() + self.send_timeout
         while (
             self.close_code is None
             and self.queue
             and (len(self.queue) >= self.max_frames or self.queued_bytes + size > self.max_bytes)
         ):
             self.room_made.clear()
-            await self.room_made.wait()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self.room_made.wait()
+            except TimeoutError:
+                self.close(Close.TRY_AGAIN, "send queue stuck: read faster, resume with since")
 
     def pop(self) -> str | None:
         if not self.queue:
@@ -270,15 +285,19 @@ class Hub:
 
         A connection still being replayed the room gets it after the replay.
         """
-        room = state.id
         for conn in state.conns.values():
-            if conn.id == exclude:
-                continue
-            position = conn.positions.get(room)
-            if position is not None and position.replaying:
-                conn.hold(position, text, ephemeral)
-            else:
-                conn.push(text, ephemeral)
+            if conn.id != exclude:
+                self.broadcast_to(state, conn, text, ephemeral=ephemeral)
+
+    def broadcast_to(
+        self, state: RoomState, conn: Connection, text: str, *, ephemeral: bool
+    ) -> None:
+        """`broadcast` for one connection of the room."""
+        position = conn.positions.get(state.id)
+        if position is not None and position.replaying:
+            conn.hold(position, text, ephemeral)
+        else:
+            conn.push(text, ephemeral)
 
     def by_token(self, token_hash: bytes) -> list[Connection]:
         return [c for c in self.connections.values() if c.token_hash == token_hash]

@@ -62,12 +62,14 @@ class TokenBucket:
 
 
 class Limits:
-    """The per-connection rate limits of the contract."""
+    """What is counted per connection: refusals (4008) and typing.
 
-    __slots__ = ("bucket", "last_typing", "refusals")
+    The send, join and replay budgets are per user (`budgets.py`).
+    """
+
+    __slots__ = ("last_typing", "refusals")
 
     def __init__(self, settings: Settings) -> None:
-        self.bucket = TokenBucket(settings.send_rate, settings.send_burst)
         self.refusals = 0
         self.last_typing = 0.0
 

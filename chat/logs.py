@@ -2,7 +2,9 @@
 
 `context` carries the id of whatever the current task serves, so every line
 logged while handling it names it. Nothing here ever logs a header, a body, a
-password or a token: handlers pass only the fields they mean to show.
+password or a token: handlers pass only the fields they mean to show. Libraries
+are less careful (at DEBUG, websockets logs every frame, `hello` and its token
+included), so the handler also passes each line through `Redact`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import re
 import sys
 from typing import Any
 
@@ -21,6 +24,39 @@ _STANDARD = set(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
     | {"message", "asctime", "taskName", "color_message"}
 )
+
+
+# A secret's value in a logged frame or body: `"token": "..."`, `"password":"..."` (JSON,
+# perhaps inside a repr with escaped quotes), `token=...`, or an Authorization header.
+_SECRET = re.compile(
+    r"""(?P<key>(?:\\?["'])?(?:token|password|secret)(?:\\?["'])?\s*[:=]\s*)"""
+    r"""(?:(?P<quote>\\?["']).*?(?=\\?["']|$)|[^\s,}&"']+)""",
+    re.IGNORECASE,
+)
+_BEARER = re.compile(r"(?P<key>bearer\s+)(?P<value>[^\s\"',}]+)", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """`text` with the value of every token, password or bearer credential replaced."""
+    if not any(word in text.lower() for word in ("token", "password", "secret", "bearer")):
+        return text
+    text = _SECRET.sub(lambda m: m["key"] + (m["quote"] or "") + REDACTED, text)
+    return _BEARER.sub(lambda m: m["key"] + REDACTED, text)
+
+
+class Redact(logging.Filter):
+    """Blank out secrets in a record's message, whoever logged it, before any formatter runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, redact(value))
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -66,6 +102,7 @@ def setup(level: str = "INFO", fmt: str = "json") -> None:
     """Send every log line of the process, uvicorn's too, to stderr in one format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(Redact())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

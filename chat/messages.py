@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from . import access, metrics
+from .budgets import Budgets
 from .config import Settings
 from .errors import ChatError, forbidden, not_found
 from .fanout import Fanout
@@ -31,12 +32,20 @@ from .store import Draft, Store
 class Messages:
     """The message use cases of every room."""
 
-    def __init__(self, settings: Settings, store: Store, fanout: Fanout) -> None:
+    def __init__(self, settings: Settings, store: Store, fanout: Fanout, budgets: Budgets) -> None:
         self.settings = settings
+        # Per-user budgets: an HTTP post spends the same one as a WebSocket send.
+        self.budgets = budgets
         self.store = store
         self.fanout = fanout
         # Concurrent sends share commits.
         self.commits = GroupCommit(store, settings)
+
+    async def post(self, user: User, room: int, body: str, client_id: str | None) -> Message:
+        """`send` for the HTTP API: it spends the same per-user budget as the WebSocket."""
+        if not self.budgets.of(user.id).sends.take():
+            raise ChatError("rate_limited", "too many sends: slow down")
+        return await self.send(user, room, body, client_id)
 
     async def send(self, user: User, room: int, body: str, client_id: str | None) -> Message:
         """Store a message and fan it out; returns it once it is durably stored."""

@@ -23,9 +23,10 @@ from .accounts import Accounts
 from .blocks import Blocks
 from .bots import BotTokens
 from .broker import Backends
+from .budgets import Budgets
 from .config import Settings
 from .delivery import Position
-from .errors import ChatError, Close, invalid
+from .errors import ChatError, Close, forbidden, invalid
 from .fanout import Fanout
 from .hub import Connection, Hub
 from .messages import Messages
@@ -60,8 +61,6 @@ log = logging.getLogger("chat.node")
 # Frames held ahead of a gap before the process gives up on the room and closes
 # its connections with 1012 (they resume with `since`).
 PENDING_LIMIT = 10000
-# Seconds between re-reads of memberships and sessions while the broker link is up.
-ACCESS_RECHECK = 30.0
 
 
 class Node:
@@ -81,9 +80,11 @@ class Node:
         self.hub = Hub(PENDING_LIMIT)
         # Background loops and fire-and-forget tasks, cancelled on stop.
         self.tasks: set[asyncio.Task[None]] = set()
+        # Per-user budgets shared by HTTP and WebSocket: sends, joins and reads, replays.
+        self.budgets = Budgets(settings)
         self.fanout = Fanout(settings, store, broker, self.hub, origin, self._spawn)
-        self.presence = PresenceTracker(settings, backends.presence, self.fanout)
-        self.messages = Messages(settings, store, self.fanout)
+        self.presence = PresenceTracker(settings, backends.presence, self.fanout, self._spawn)
+        self.messages = Messages(settings, store, self.fanout, self.budgets)
         self.rooms = Rooms(settings, store, self.presence, self.blocks, self.removed)
         # Set by `drain` at shutdown: connections are closed and new ones refused.
         self.draining = False
@@ -152,6 +153,16 @@ class Node:
         if self.draining:
             conn.close(Close.RESTART, "server restarting")  # its hello raced the shutdown
 
+    async def confirm(self, conn: Connection) -> None:
+        """Refuse a just-attached connection whose session ended while its hello was read.
+
+        A log-out that closed the token's sockets before `attach` missed this one;
+        the session is read again now that a log-out finds it. The caller detaches
+        the connection if this raises.
+        """
+        if not await self.store.live_sessions([conn.token_hash]):
+            raise ChatError("unauthorized", "this session has ended: log in again")
+
     async def detach(self, conn: Connection) -> None:
         self.hub.detach(conn)
         metrics.CONNECTIONS.dec()
@@ -165,9 +176,10 @@ class Node:
     async def handle(self, conn: Connection, frame: ClientFrame) -> None:
         """Act on one decoded frame; replies go onto the connection's queue."""
         messages = self.messages
+        budget = self.budgets.of(conn.user.id)
         match frame:
             case Send():
-                self._limit(conn)
+                self._limit(conn, budget.sends.take())
                 started = time.perf_counter()
                 message = await messages.send(
                     conn.user, as_id(frame.room), frame.body, frame.client_id
@@ -175,22 +187,25 @@ class Node:
                 metrics.SEND_LATENCY.observe(time.perf_counter() - started)
                 await conn.put(encode_text(OkMessage(ref=frame.ref, message=message)))
             case Join():
+                self._limit(conn, budget.control.take())
                 await self.join(conn, frame)
             case Leave():
+                self._limit(conn, budget.control.take())
                 await self.leave(conn, as_id(frame.room))
                 await conn.put(encode_text(Ok(ref=frame.ref)))
             case Typing():
                 await messages.typing(conn, as_id(frame.room))
             case Read():
+                self._limit(conn, budget.control.take())
                 await messages.read(conn.user, as_id(frame.room), frame.seq)
                 await conn.put(encode_text(Ok(ref=frame.ref)))
             case Edit():
-                self._limit(conn)
+                self._limit(conn, budget.sends.take())
                 room, message_id = as_id(frame.room), as_id(frame.id)
                 message = await messages.edit(conn.user, room, message_id, frame.body)
                 await conn.put(encode_text(OkMessage(ref=frame.ref, message=message)))
             case Delete():
-                self._limit(conn)
+                self._limit(conn, budget.sends.take())
                 await messages.delete(conn.user, as_id(frame.room), as_id(frame.id))
                 await conn.put(encode_text(Ok(ref=frame.ref)))
             case Ping():
@@ -198,15 +213,20 @@ class Node:
             case _:
                 raise invalid("`hello` was already received")
 
-    def _limit(self, conn: Connection) -> None:
-        limits = conn.limits
-        if limits.bucket.take():
+    def _limit(self, conn: Connection, allowed: bool) -> None:
+        """Refuse a frame its user's budget did not allow; too many refusals close 4008.
+
+        The budget is the user's (every connection and the HTTP API spend it); the
+        refusals that lead to 4008 are counted per connection.
+        """
+        if allowed:
             return
+        limits = conn.limits
         limits.refusals += 1
         if limits.refusals > self.settings.rate_limit_close_after:
             conn.close(Close.RATE_LIMITED, "rate limit exceeded too often")
             metrics.CLOSES.labels(str(Close.RATE_LIMITED)).inc()
-        raise ChatError("rate_limited", "too many sends: slow down")
+        raise ChatError("rate_limited", "too many requests: slow down")
 
     async def join(self, conn: Connection, frame: Join) -> None:
         """Subscribe a connection: ok, presence, the replay from `since`, then live frames."""
@@ -228,6 +248,10 @@ class Node:
             if frame.since is not None:
                 since = min(frame.since, last)
                 start = max(since, last - self.settings.replay_limit)
+                # Replays spend the user's replay budget: a few bytes of `join` asked
+                # for megabytes. Beyond it the replay is cut short like one beyond
+                # REPLAY_LIMIT: the newest that fit, `truncated`, the rest over HTTP.
+                start = last - self.budgets.of(conn.user.id).replay.grant(last - start)
                 truncated = start > since
             if position is None:
                 position = Position(start)
@@ -236,11 +260,16 @@ class Node:
                 position.restart(start)
                 first_here = False
             registered = True
+            # A removal applied after `access` was read, but before the connection was
+            # registered here, kicked nobody: read membership again now that a removal
+            # finds it, so that a removal always wins (nothing was sent for it yet).
+            if (room, conn.user.id) not in await self.store.memberships([room], [conn.user.id]):
+                raise forbidden("you were removed from this room")
             await conn.put(
                 encode_text(OkJoin(ref=frame.ref, room=room, seq=last, truncated=truncated))
             )
             if first_here:
-                await self.presence.join(room, conn.user, exclude=conn.id)
+                await self.presence.join(room, conn.user)
             online = await self.presence.online(room)
             await conn.put(encode_text(PresenceFrame(room=room, online=online)))
             await self.fanout.replay(conn, state)
@@ -356,10 +385,12 @@ class Node:
             try:
                 now = time.monotonic()
                 # Deaf to removals and log-outs while the link is down; and a process
-                # that died before publishing one is caught within ACCESS_RECHECK.
-                if not self.broker.connected or now - rechecked >= ACCESS_RECHECK:
+                # that died before publishing one (or a session that expired while idle,
+                # which nothing publishes) is caught within ACCESS_RECHECK.
+                if not self.broker.connected or now - rechecked >= self.settings.access_recheck:
                     await self._recheck_access()
                     rechecked = now
+                self.budgets.prune(self.hub.per_user)
                 await self.fanout.reconcile()
             except ChatError:
                 pass  # PostgreSQL is away; the next round tries again

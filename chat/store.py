@@ -397,9 +397,9 @@ class Store:
         return {(r["room_id"], r["user_id"]) for r in rows}
 
     async def live_sessions(self, token_hashes: Sequence[bytes]) -> set[bytes]:
-        """The token hashes among these that still have a session."""
+        """The token hashes among these that still have a session, not idle-expired."""
         async with self._conn() as conn:
-            rows = await conn.fetch(Q_LIVE_SESSIONS, list(token_hashes))
+            rows = await conn.fetch(Q_LIVE_SESSIONS, list(token_hashes), self.session_idle_seconds)
         return {bytes(r["token_hash"]) for r in rows}
 
     # -- messages -----------------------------------------------------------

@@ -91,6 +91,14 @@ def server_env(database_url: str, redis_prefix: str) -> dict[str, str]:
         "RECONCILE_INTERVAL": "1",
         # Every test client connects from 127.0.0.1.
         "HANDSHAKE_RATE": "100000",
+        # Tests write, join and replay quickly as one user (10,000 joins in the churn
+        # test); the per-user budgets are tested by processes of their own.
+        "SEND_RATE": "100000",
+        "SEND_BURST": "100000",
+        "CONTROL_RATE": "100000",
+        "CONTROL_BURST": "100000",
+        "REPLAY_RATE": "10000000",
+        "REPLAY_BURST": "10000000",
     }
 
 

@@ -644,12 +644,19 @@ async def test_rate_limit_refuses_then_closes_4008(tuned: ServerProcess) -> None
         await api.close()
 
 
-async def test_rate_limit_covers_edit_and_delete(tuned: ServerProcess) -> None:
+async def test_rate_limit_covers_edit_and_delete(
+    tuned: ServerProcess, server: ServerProcess
+) -> None:
     """`edit` and `delete` spend the same budget; a refused one changes nothing."""
     api = await Api.new_user(tuned.url, "editor")
     try:
         room = await room_with(api)
-        message = await api.post(room, "original")
+        # Posted on another process: a POST spends the user's send budget of the process
+        # that takes it, and here only the edits and the delete are to spend tuned's.
+        message = await on(
+            api, server, "POST", f"/api/rooms/{room}/messages", 201, json={"body": "original"}
+        )
+        message = message["message"]
         ws = await Ws.connect(tuned.ws_url, api.token)
         try:
             replies = []

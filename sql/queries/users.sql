@@ -45,5 +45,8 @@ DELETE FROM sessions WHERE token_hash = $1 RETURNING user_id;
 
 -- name: live_sessions
 -- Which of these tokens still have a session: re-read when the broker link was down,
--- since a log-out published meanwhile never arrived.
-SELECT token_hash FROM sessions WHERE token_hash = ANY($1::bytea[]);
+-- since a log-out published meanwhile never arrived, and every ACCESS_RECHECK. $2: idle
+-- expiry in seconds, the rule of session_user, so an idle-expired session's socket closes.
+SELECT token_hash FROM sessions
+WHERE token_hash = ANY($1::bytea[])
+  AND (NOT expires_idle OR last_used_at > now() - make_interval(secs => $2));
