@@ -1,0 +1,11 @@
+"""The HTTP API, one module per concern; `ROUTES` is every route of them, in order.
+
+Each module ends with its own `ROUTES`: a new feature adds a module here and
+its routes to this list.
+"""
+
+from __future__ import annotations
+
+from . import accounts, messages, ops, rooms
+
+ROUTES = [*accounts.ROUTES, *rooms.ROUTES, *messages.ROUTES, *ops.ROUTES]
