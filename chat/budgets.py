@@ -15,47 +15,11 @@ full the least recently used entry goes first.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Container
 
 from .config import Settings
-
-
-class Bucket:
-    """`rate` tokens a second, at most `burst` saved up; spent one or many at a time."""
-
-    __slots__ = ("burst", "last", "rate", "tokens")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.last = time.monotonic()
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-
-    def take(self) -> bool:
-        """Spend one token if there is one."""
-        self._refill()
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-    def grant(self, wanted: int) -> int:
-        """Spend up to `wanted` tokens; how many were spent."""
-        self._refill()
-        granted = max(0, min(wanted, int(self.tokens)))
-        self.tokens -= granted
-        return granted
-
-    def full(self) -> bool:
-        self._refill()
-        return self.tokens >= self.burst
+from .limits import TokenBucket
 
 
 class UserBudget:
@@ -65,11 +29,11 @@ class UserBudget:
 
     def __init__(self, settings: Settings) -> None:
         # send, edit and delete frames, and POSTed messages.
-        self.sends = Bucket(settings.send_rate, settings.send_burst)
+        self.sends = TokenBucket(settings.send_rate, settings.send_burst)
         # join, leave and read frames.
-        self.control = Bucket(settings.control_rate, settings.control_burst)
+        self.control = TokenBucket(settings.control_rate, settings.control_burst)
         # Message frames replayed on joins with `since`.
-        self.replay = Bucket(settings.replay_rate, settings.replay_burst)
+        self.replay = TokenBucket(settings.replay_rate, settings.replay_burst)
 
     def idle(self) -> bool:
         return self.sends.full() and self.control.full() and self.replay.full()

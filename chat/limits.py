@@ -41,7 +41,7 @@ def lock_seconds(failures: int, free: int, delay: float, delay_max: float) -> fl
 
 
 class TokenBucket:
-    """`rate` tokens a second, at most `burst` saved up."""
+    """`rate` tokens a second, at most `burst` saved up; spent one or many at a time."""
 
     __slots__ = ("burst", "last", "rate", "tokens")
 
@@ -51,14 +51,29 @@ class TokenBucket:
         self.tokens = float(burst)
         self.last = time.monotonic()
 
-    def take(self) -> bool:
+    def _refill(self) -> None:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
+
+    def take(self) -> bool:
+        """Spend one token if there is one."""
+        self._refill()
         if self.tokens >= 1:
             self.tokens -= 1
             return True
         return False
+
+    def grant(self, wanted: int) -> int:
+        """Spend up to `wanted` tokens; how many were spent."""
+        self._refill()
+        granted = max(0, min(wanted, int(self.tokens)))
+        self.tokens -= granted
+        return granted
+
+    def full(self) -> bool:
+        self._refill()
+        return self.tokens >= self.burst
 
 
 class Limits:

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from .support import Api, PrivatePostgres, ServerProcess, Ws
+from .support import Api, PrivatePostgres, ServerProcess, Ws, processes
 
 ADMIN_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -105,15 +105,8 @@ def server_env(database_url: str, redis_prefix: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 async def servers(server_env: dict[str, str]) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
     """Two processes of one service: same PostgreSQL, same Redis."""
-    a = ServerProcess(server_env, "a")
-    b = ServerProcess(server_env, "b")
-    try:
-        await a.start()
-        await b.start()
+    async with processes(server_env, "a", "b") as (a, b):
         yield a, b
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 @pytest.fixture(scope="session")

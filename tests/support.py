@@ -8,6 +8,7 @@ and `Ws` are thin clients that make each test's users and rooms.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -19,11 +20,12 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -589,3 +591,43 @@ class RedisServer:
             await self.proc.wait()
         if self._drain is not None:
             await self._drain
+
+
+@contextlib.asynccontextmanager
+async def processes(env: dict[str, str], *names: str) -> AsyncIterator[list[ServerProcess]]:
+    """Server processes of one service, stopped (or killed) at the end."""
+    procs = [ServerProcess(env, name) for name in names]
+    try:
+        await asyncio.gather(*(p.start() for p in procs))
+        yield procs
+    finally:
+        await asyncio.gather(*(p.stop() for p in procs))
+
+
+async def seed(
+    database_url: str, room: int, sender: int, count: int, body: str | None = None
+) -> None:
+    """Store `count` messages at once, straight into PostgreSQL (nobody is joined yet).
+
+    Each body is `body`, or "seed N" for the message of seq N.
+    """
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            last = await conn.fetchval(
+                "UPDATE rooms SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq",
+                room,
+                count,
+            )
+            await conn.execute(
+                "INSERT INTO messages (room_id, seq, sender_id, body)"
+                " SELECT $1, s, $2, coalesce($5::text, 'seed ' || s)"
+                " FROM generate_series($3::bigint, $4::bigint) s",
+                room,
+                sender,
+                last - count + 1,
+                last,
+                body,
+            )
+    finally:
+        await conn.close()

@@ -10,7 +10,6 @@ it arrived, equals the room's log in PostgreSQL, and nothing acknowledged is los
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import random
@@ -30,7 +29,7 @@ from redis.exceptions import RedisError
 
 from chat.broker.redis import POOL_SIZE, RedisBroker
 
-from .support import Api, PrivatePostgres, RedisServer, ServerProcess, Ws, rss_kib
+from .support import Api, PrivatePostgres, RedisServer, ServerProcess, Ws, processes, rss_kib
 
 # -- private services -----------------------------------------------------------
 
@@ -90,17 +89,6 @@ async def private_redis() -> AsyncIterator[PrivateRedis]:
     finally:
         await client.aclose()
         await server.kill()
-
-
-@contextlib.asynccontextmanager
-async def processes(env: dict[str, str], *names: str) -> AsyncIterator[list[ServerProcess]]:
-    """Server processes of one service, stopped (or killed) at the end."""
-    procs = [ServerProcess(env, name) for name in names]
-    try:
-        await asyncio.gather(*(p.start() for p in procs))
-        yield procs
-    finally:
-        await asyncio.gather(*(p.stop() for p in procs))
 
 
 # -- clients that record what arrives -------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from .support import PASSWORD, Api, ServerProcess, Ws
+from .support import PASSWORD, Api, ServerProcess, Ws, seed
 
 Pair = tuple[ServerProcess, ServerProcess]
 
@@ -35,29 +35,6 @@ async def room_with(owner: Api, *others: Api, private: bool = False) -> int:
     for other in others:
         await owner.add(room["id"], other.username)
     return int(room["id"])
-
-
-async def seed(database_url: str, room: int, sender: int, count: int, body: str) -> None:
-    """Store `count` messages at once, straight into PostgreSQL (nobody is joined yet)."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        async with conn.transaction():
-            last = await conn.fetchval(
-                "UPDATE rooms SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq",
-                room,
-                count,
-            )
-            await conn.execute(
-                "INSERT INTO messages (room_id, seq, sender_id, body)"
-                " SELECT $1, s, $2, $5 FROM generate_series($3::bigint, $4::bigint) s",
-                room,
-                sender,
-                last - count + 1,
-                last,
-                body,
-            )
-    finally:
-        await conn.close()
 
 
 class DeafClient:

@@ -18,7 +18,7 @@ import pytest
 
 from chat.client import HttpApi, ServerError
 
-from .support import Api, ServerProcess, Ws
+from .support import Api, ServerProcess, Ws, processes
 
 # The per-target cap of the `capped` processes: small, so the tests reach it quickly.
 CAP = 5
@@ -53,14 +53,8 @@ async def carol(server: ServerProcess) -> AsyncIterator[Api]:
 async def capped(server_env: dict[str, str]) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
     """Two more processes of the service whose per-target add cap is CAP an hour."""
     env = {**server_env, "MEMBER_ADDS_PER_HOUR": str(CAP)}
-    a, b = ServerProcess(env, "capped-a"), ServerProcess(env, "capped-b")
-    try:
-        await a.start()
-        await b.start()
+    async with processes(env, "capped-a", "capped-b") as (a, b):
         yield a, b
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 # -- F5: a room can pose as a DM ------------------------------------------------

@@ -13,12 +13,11 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from .support import Api, ServerProcess, Ws
+from .support import Api, ServerProcess, Ws, seed
 
 ALLOWED = "https://chat.example.com"
 
@@ -166,28 +165,6 @@ async def test_join_ok_presence_then_replay(servers: Pair, alice: Api, bob: Api)
         assert not of_type(await settle(ws), "message")
     finally:
         await ws.close()
-
-
-async def seed(database_url: str, room: int, sender: int, count: int) -> None:
-    """Store `count` messages at once, straight into PostgreSQL (nobody is joined yet)."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        async with conn.transaction():
-            last = await conn.fetchval(
-                "UPDATE rooms SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq",
-                room,
-                count,
-            )
-            await conn.execute(
-                "INSERT INTO messages (room_id, seq, sender_id, body)"
-                " SELECT $1, s, $2, 'seed ' || s FROM generate_series($3::bigint, $4::bigint) s",
-                room,
-                sender,
-                last - count + 1,
-                last,
-            )
-    finally:
-        await conn.close()
 
 
 async def test_join_order_holds_live_frames_until_replayed(
