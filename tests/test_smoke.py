@@ -50,3 +50,13 @@ async def test_browser_close_codes_come_from_the_server(anon: Api) -> None:
     assert json.loads(lines["CLOSE"]) == close_codes()
     assert set(json.loads(lines["FINAL_CLOSES"])) == FINAL_CLOSES
     assert FATAL_CLOSES.keys() == FINAL_CLOSES
+
+
+async def test_browser_client_is_served(anon: Api) -> None:
+    """GET / serves the browser client's page and its module script, not a placeholder."""
+    page = await anon.raw("GET", "/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/static/js/app.js">' in page.text
+    script = await anon.raw("GET", "/static/js/app.js")
+    assert script.status_code == 200

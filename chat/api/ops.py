@@ -23,7 +23,7 @@ from .common import (
     node_of,
 )
 
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).resolve().parent.parent / "static"
 # Headers of the browser client's files: revalidate after a deploy, run only our scripts.
 PAGE_HEADERS = {
     "Cache-Control": "no-cache",
