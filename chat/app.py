@@ -30,7 +30,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from . import logs, metrics, openapi
+from . import logs, metrics, openapi, search
 from .broker import create_broker
 from .config import Settings
 from .errors import HTTP_STATUS, ChatError, Close, invalid
@@ -306,6 +306,17 @@ async def presence(request: Request) -> Response:
     return json_response(PresenceOut(online=online))
 
 
+@endpoint
+async def search_messages(request: Request) -> Response:
+    user, _ = await current_user(request)
+    room = _query_int(request, "room", 1, 2**63 - 1)
+    before = _query_int(request, "before", 0, 2**62)
+    limit = _query_int(request, "limit", 1, 100) or 20
+    q = request.query_params.get("q", "")
+    hits = await search.search(_node(request).store, user, q, room, before, limit)
+    return json_response(search.HitsOut(messages=hits))
+
+
 # -- operations ---------------------------------------------------------------
 
 
@@ -553,6 +564,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/rooms/{room_id}/messages", history, methods=["GET"]),
         Route("/api/rooms/{room_id}/messages", post_message, methods=["POST"]),
         Route("/api/rooms/{room_id}/presence", presence, methods=["GET"]),
+        Route("/api/search", search_messages, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
