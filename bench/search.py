@@ -60,7 +60,7 @@ TOP_WORDS = (
 ).split()
 SYLLABLES = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"] + ["qu", "sh", "th", "ch"]
 DROP_SEARCH = (
-    "DROP INDEX IF EXISTS messages_tsv_idx; ALTER TABLE messages DROP COLUMN IF EXISTS tsv"
+    "DROP INDEX IF EXISTS messages_search_idx; ALTER TABLE messages DROP COLUMN IF EXISTS tsv"
 )
 
 
@@ -166,7 +166,7 @@ async def ingest(
     corpus: Corpus,
     total: int,
     concurrency: int,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Messages a second through the send path, `concurrency` senders at once."""
     rooms = list(members)
     rng = random.Random(7)
@@ -183,6 +183,21 @@ async def ingest(
     await asyncio.gather(*(sender() for _ in range(concurrency)))
     seconds = time.perf_counter() - started
     return {"messages": total, "seconds": round(seconds, 2), "per_second": round(total / seconds)}
+
+
+async def measure_ingest(
+    report: dict[str, Any],
+    kind: str,
+    store: Store,
+    users: dict[int, User],
+    members: dict[int, list[int]],
+    corpus: Corpus,
+    args: argparse.Namespace,
+) -> None:
+    result = await ingest(store, users, members, corpus, args.sends, args.concurrency)
+    result["load"] = load()
+    report["ingest"][kind].append(result)
+    print(f"ingest {kind} index", result, flush=True)
 
 
 async def timed(run: Callable[[], Awaitable[Any]], repeat: int) -> dict[str, Any]:
@@ -217,6 +232,7 @@ async def searches(
     common = words[0]  # "the": in about two messages of three
     phrase = f'"{words[2]} {words[3]}"'  # two frequent words next to each other
     prefix = words[150][:3] + "*"
+    medium = words[70]  # in about one message of fifty
     room = seeded["member_rooms"][0]
     cases: dict[str, Callable[[], Awaitable[Any]]] = {}
     rare_iter = iter(rare * 2)
@@ -224,15 +240,18 @@ async def searches(
     cases["common word"] = lambda: search(store, searcher, common, None, None, 20)
     cases["phrase"] = lambda: search(store, searcher, phrase, None, None, 20)
     cases["prefix"] = lambda: search(store, searcher, prefix, None, None, 20)
+    cases["medium word"] = lambda: search(store, searcher, medium, None, None, 20)
     cases["one room, common word"] = lambda: search(store, searcher, common, room, None, 20)
     rare_room = iter(rare * 2)
     cases["one room, rare word"] = lambda: search(store, searcher, next(rare_room), room, None, 20)
+    cases["one room, medium word"] = lambda: search(store, searcher, medium, room, None, 20)
     results: dict[str, Any] = {
         "queries": {
             "rare": [*rare[:3], "..."],
             "common": common,
             "phrase": phrase,
             "prefix": prefix,
+            "medium": medium,
             "room": room,
         }
     }
@@ -267,6 +286,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load()},
         "commit": git_commit(),
+        "ingest": {"without": [], "with": []},
+        "migration_seconds": [],
     }
     try:
         url = db_url(name)
@@ -290,37 +311,32 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "AND attname = 'tsv' AND NOT attisdropped"
             )
             if not has_tsv:
-                report["ingest without index (1)"] = await ingest(
-                    store, users, members, corpus, args.sends, args.concurrency
-                )
-                print("ingest without", report["ingest without index (1)"], flush=True)
                 migration = (sql_dir() / "migrations" / "0003_search.sql").read_text()
-                started = time.perf_counter()
-                await conn.execute(migration)
-                report["migration_seconds"] = round(time.perf_counter() - started, 1)
-                print("migration", report["migration_seconds"], "s", flush=True)
-                await conn.execute("VACUUM ANALYZE messages")
-                report["ingest with index"] = await ingest(
-                    store, users, members, corpus, args.sends, args.concurrency
+                for round_ in range(1, args.rounds + 1):
+                    if round_ > 1:
+                        await conn.execute(DROP_SEARCH)
+                    await measure_ingest(report, "without", store, users, members, corpus, args)
+                    started = time.perf_counter()
+                    await conn.execute(migration)
+                    report["migration_seconds"].append(round(time.perf_counter() - started, 1))
+                    print("migration", report["migration_seconds"][-1], "s", flush=True)
+                    await conn.execute("VACUUM ANALYZE messages")
+                    await measure_ingest(report, "with", store, users, members, corpus, args)
+            report["sizes"] = {
+                r["name"]: r["size"]
+                for r in await conn.fetch(
+                    "SELECT c.relname AS name, pg_size_pretty(pg_relation_size(c.oid)) AS size "
+                    "FROM pg_class c WHERE c.relname = 'messages' OR c.oid IN "
+                    "(SELECT indexrelid FROM pg_index WHERE indrelid = 'messages'::regclass)"
                 )
-                print("ingest with", report["ingest with index"], flush=True)
-            report["sizes"] = dict(
-                await conn.fetchrow(
-                    "SELECT pg_size_pretty(pg_table_size('messages')) AS table, "
-                    "pg_size_pretty(pg_relation_size('messages_tsv_idx')) AS search_index, "
-                    "(SELECT count(*) FROM messages) AS messages"
-                )
-            )
+            }
             report["load_before_searches"] = load()
             report["searches"] = await searches(
                 store, users[seeded["searcher"]], seeded, corpus, args.repeat
             )
             if not args.database:
                 await conn.execute(DROP_SEARCH)
-                report["ingest without index (2)"] = await ingest(
-                    store, users, members, corpus, args.sends, args.concurrency
-                )
-                print("ingest without", report["ingest without index (2)"], flush=True)
+                await measure_ingest(report, "without", store, users, members, corpus, args)
         finally:
             await store.close()
             await conn.close()
@@ -331,11 +347,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             print(f"kept database {name}")
         await admin.close()
     report["load_after"] = load()
-    with_ = report.get("ingest with index", {}).get("per_second")
-    without = [report.get(f"ingest without index ({i})", {}).get("per_second") for i in (1, 2)]
-    if with_ and all(without):
-        base = statistics.mean(w for w in without if w)
-        report["ingest_cost_percent"] = round((1 - with_ / base) * 100, 1)
+    if report["ingest"]["with"] and report["ingest"]["without"]:
+        with_ = statistics.mean(r["per_second"] for r in report["ingest"]["with"])
+        without = statistics.mean(r["per_second"] for r in report["ingest"]["without"])
+        report["ingest_cost_percent"] = round((1 - with_ / without) * 100, 1)
     return report
 
 
@@ -365,6 +380,7 @@ def cli() -> None:
     parser.add_argument("--sends", type=int, default=30_000, help="messages per ingest round")
     parser.add_argument("--concurrency", type=int, default=64, help="senders at once")
     parser.add_argument("--repeat", type=int, default=100, help="runs per search case")
+    parser.add_argument("--rounds", type=int, default=2, help="ingest rounds without, with")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--database", help="search a kept database again (no seeding, no ingest)")
