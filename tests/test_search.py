@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from chat.client import HttpApi, ServerError
 from chat.search import highlight, parse, terms
 
 from .support import Api, ServerProcess, Ws
@@ -237,3 +238,18 @@ async def test_highlight_cannot_inject_markup(alice: Api) -> None:
     ranges = hit["highlight"]
     assert all(isinstance(r, list) and len(r) == 2 for r in ranges)
     assert [body[s:e] for s, e in ranges] == [w, w]
+
+
+async def test_sdk_search(server: ServerProcess, alice: Api) -> None:
+    """HttpApi.search pages with `before`, narrows with `room`, and raises the contract's codes."""
+    w = word()
+    room = await alice.create_room("sdk")
+    sent = [await alice.post(room["id"], f"{w} number {n}") for n in range(3)]
+    async with HttpApi(server.url, alice.token) as api:
+        first = await api.search(w, limit=2)
+        rest = await api.search(w, room=room["id"], before=first[-1].id)
+        assert [h.id for h in first + rest] == [m["id"] for m in reversed(sent)]
+        assert first[0].body == f"{w} number 2" and first[0].highlight == [(0, len(w))]
+        with pytest.raises(ServerError) as caught:
+            await api.search("-" + w)
+        assert caught.value.code == "invalid"
