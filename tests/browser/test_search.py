@@ -16,7 +16,7 @@ from .conftest import OpenPage
 async def test_search_box_finds_and_opens_a_message(
     server: ServerProcess, open_page: OpenPage
 ) -> None:
-    """A search shows marked matches as text (markup stays text) and opens an old message in its room."""
+    """Search shows marked matches as text (markup stays text) and opens an old message."""
     word = "zq" + secrets.token_hex(4)
     me = await open_page(server.url)
     username = "srch" + secrets.token_hex(4)
