@@ -3,21 +3,23 @@
 `python -m bench.search` creates a database of its own on the local PostgreSQL
 (`chat_bench_search_<random>`, dropped at the end unless `--keep`), and:
 
-1. migrates it, then takes the search column and index off again (`--without`
-   below is the schema of before the search migration);
+1. migrates it, then takes the search column and index off again: the schema
+   of before the search migration;
 2. seeds `--messages` messages over `--rooms` rooms with one `COPY` per chunk:
    bodies of 3-30 words drawn from a Zipf-like vocabulary (a few real English
    function words on top, then made-up words, rank r drawn with weight 1/r);
-   one user, the searcher, is a member of every tenth room;
-3. measures the send path (the server's own `Store.insert_message`, group commit
-   included) without the search column and index;
-4. applies `sql/migrations/0003_search.sql` to the seeded table (timed: what the
-   migration costs an existing deployment), analyzes;
-5. measures the send path again with them, then searches: a rare word, a common
-   word, a phrase, a prefix, and one room, each through `chat.search.search`
-   (the use case the HTTP route calls: membership, query building, SQL,
-   highlight), first page of 20;
-6. takes the column and index off again and measures the send path a third time,
+   five members per room, and one user, the searcher, in every tenth room;
+3. `--rounds` times: measures the send path (the server's own
+   `Store.insert_message`, group commit included, `--concurrency` senders)
+   without the search column and index, applies
+   `sql/migrations/0003_search.sql` to the seeded table (timed: what the
+   migration costs an existing deployment), and measures the send path with
+   them; a CHECKPOINT before each measurement;
+4. searches, each case `--repeat` times through `chat.search.search` (the use
+   case the HTTP route calls: membership, query building, SQL, highlights),
+   first page of 20: a rare word, a common word, a phrase, a prefix, a
+   medium-frequency word, and one room (common, rare, medium word);
+5. takes the column and index off again and measures the send path once more,
    so that "without" brackets "with" in one run on a shared machine.
 
 Results go to `bench/out/search-<time>.json` (ignored by git) and a summary to stdout.
@@ -179,10 +181,42 @@ async def ingest(
             result = await store.insert_message(room, user, body, None)
             assert result is not None
 
+    cpu_before = await backend_cpu(store)
     started = time.perf_counter()
     await asyncio.gather(*(sender() for _ in range(concurrency)))
     seconds = time.perf_counter() - started
-    return {"messages": total, "seconds": round(seconds, 2), "per_second": round(total / seconds)}
+    cpu_after = await backend_cpu(store)
+    cpu = sum(t - cpu_before.get(pid, 0.0) for pid, t in cpu_after.items())
+    return {
+        "messages": total,
+        "seconds": round(seconds, 2),
+        "per_second": round(total / seconds),
+        # CPU of the PostgreSQL backends that stored them, per message: unlike the
+        # rate, it hardly moves with what else runs on the machine.
+        "pg_cpu_us_per_message": round(cpu / total * 1e6, 1),
+    }
+
+
+async def backend_cpu(store: Store) -> dict[int, float]:
+    """CPU seconds (user + system) so far of each backend serving this database."""
+    async with store.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        )
+    out = {}
+    for row in rows:
+        seconds = proc_cpu(row["pid"])
+        if seconds is not None:  # None: not on this machine, or gone
+            out[row["pid"]] = seconds
+    return out
+
+
+def proc_cpu(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure_ingest(
@@ -194,6 +228,9 @@ async def measure_ingest(
     corpus: Corpus,
     args: argparse.Namespace,
 ) -> None:
+    # Each round starts from a checkpoint: none pays for the previous one's dirty pages.
+    async with store.pool.acquire() as conn:
+        await conn.execute("CHECKPOINT")
     result = await ingest(store, users, members, corpus, args.sends, args.concurrency)
     result["load"] = load()
     report["ingest"][kind].append(result)
@@ -348,9 +385,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await admin.close()
     report["load_after"] = load()
     if report["ingest"]["with"] and report["ingest"]["without"]:
-        with_ = statistics.mean(r["per_second"] for r in report["ingest"]["with"])
-        without = statistics.mean(r["per_second"] for r in report["ingest"]["without"])
-        report["ingest_cost_percent"] = round((1 - with_ / without) * 100, 1)
+        rates = {
+            k: statistics.mean(r["per_second"] for r in v) for k, v in report["ingest"].items()
+        }
+        report["ingest_rate_cost_percent"] = round((1 - rates["with"] / rates["without"]) * 100, 1)
+        cpu = {
+            k: statistics.mean(r["pg_cpu_us_per_message"] for r in v)
+            for k, v in report["ingest"].items()
+        }
+        report["ingest_pg_cpu_cost_percent"] = round((cpu["with"] / cpu["without"] - 1) * 100, 1)
     return report
 
 
