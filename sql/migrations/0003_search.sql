@@ -18,13 +18,14 @@
 --   planner prefers that to 100 room scans): a rare word reads its few rows
 --   (0.8 ms); a common one is found by walking the primary key backwards,
 --   newest first, filtering, and stops after a page (0.6 ms for "the", in
---   two messages of three), which is why search_messages orders by id and is
+--   about three messages of four), which is why search_messages orders by id and is
 --   planned per query (sql/queries/search.sql);
 -- - it costs the same one GIN insert per message as an index on tsv alone, and
 --   is 72 MB against 60 MB per million messages.
 --
--- Adding a stored generated column rewrites the table once (about 40 s per
--- million messages on the benchmark machine), and the index build about as long.
+-- Adding a stored generated column rewrites the table once, and the index is
+-- built: together 22-57 s per million messages on the benchmark machine, during
+-- which the table is locked (plan the migration of a big deployment for it).
 CREATE EXTENSION IF NOT EXISTS btree_gin;
 
 ALTER TABLE messages
