@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import shutil
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -253,3 +257,33 @@ async def test_sdk_search(server: ServerProcess, alice: Api) -> None:
         with pytest.raises(ServerError) as caught:
             await api.search("-" + w)
         assert caught.value.code == "invalid"
+
+
+@pytest.mark.timeout(300)
+async def test_schemathesis_on_search(server: ServerProcess, alice: Api) -> None:
+    """Fuzzed GET /api/search requests get no 5xx and only documented statuses and shapes."""
+    room = await alice.create_room("fuzz")
+    await alice.post(room["id"], "some words to find, and <b>markup</b> and 日本語")
+    cli = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
+    proc = await asyncio.create_subprocess_exec(
+        cli,
+        "run",
+        f"{server.url}/openapi.json",
+        "-H",
+        f"Authorization: Bearer {alice.token}",
+        "--checks",
+        "not_a_server_error,status_code_conformance,content_type_conformance,"
+        "response_schema_conformance",
+        "--include-path",
+        "/api/search",
+        "--max-examples",
+        "200",
+        "--seed",
+        "14",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-6000:]
+    assert "Selected: 1/" in text and "passed" in text
