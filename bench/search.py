@@ -45,8 +45,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 
 from chat import migrate
+from chat.accounts import hash_token
 from chat.config import Settings
 from chat.protocol import User
 from chat.search import search
@@ -197,6 +199,100 @@ async def ingest(
     }
 
 
+class Server:
+    """A `python -m chat serve` process on the bench database, and session tokens for its users."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, base: str, tokens: dict[int, str]) -> None:
+        self.proc = proc
+        self.base = base
+        self.tokens = tokens
+
+    @classmethod
+    async def start(cls, url: str, conn: asyncpg.Connection) -> Server:
+        tokens = {
+            r["id"]: secrets.token_urlsafe(24) for r in await conn.fetch("SELECT id FROM users")
+        }
+        await conn.copy_records_to_table(
+            "sessions",
+            records=[(hash_token(t), uid, False) for uid, t in tokens.items()],
+            columns=["token_hash", "user_id", "expires_idle"],
+        )
+        port = 20000 + secrets.randbelow(20000)
+        env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING", "CHAT_ENV": "development"}
+        env.pop("REDIS_URL", None)  # one process: the in-memory broker
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "chat",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base) as http, asyncio.timeout(60):
+            while True:  # a benchmark may poll: the server says nothing else when it is up
+                try:
+                    if (await http.get("/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+        return cls(proc, base, tokens)
+
+    def cpu(self) -> float:
+        return proc_cpu(self.proc.pid) or 0.0
+
+    async def stop(self) -> None:
+        self.proc.terminate()
+        await self.proc.wait()
+
+
+async def ingest_http(
+    store: Store,
+    server: Server,
+    members: dict[int, list[int]],
+    corpus: Corpus,
+    total: int,
+    concurrency: int,
+) -> dict[str, Any]:
+    """Messages a second through the server's HTTP send path, `concurrency` requests at once."""
+    rng = random.Random(7)
+    rooms = list(members)
+    queue = iter([(rng.choice(rooms), corpus.body()) for _ in range(total)])
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=server.base, timeout=60, limits=limits) as http:
+
+        async def sender() -> None:
+            for room, body in queue:
+                token = server.tokens[members[room][0]]
+                r = await http.post(
+                    f"/api/rooms/{room}/messages",
+                    json={"body": body},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert r.status_code == 201, r.text
+
+        cpu_before = server.cpu()
+        pg_before = await backend_cpu(store)
+        started = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    pg_after = await backend_cpu(store)
+    pg = sum(t - pg_before.get(pid, 0.0) for pid, t in pg_after.items())
+    return {
+        "messages": total,
+        "seconds": round(seconds, 2),
+        "per_second": round(total / seconds),
+        "server_cpu_us_per_message": round((server.cpu() - cpu_before) / total * 1e6, 1),
+        "pg_cpu_us_per_message": round(pg / total * 1e6, 1),
+    }
+
+
 async def backend_cpu(store: Store) -> dict[int, float]:
     """CPU seconds (user + system) so far of each backend serving this database."""
     async with store.pool.acquire() as conn:
@@ -231,7 +327,14 @@ async def measure_ingest(
     # Each round starts from a checkpoint: none pays for the previous one's dirty pages.
     async with store.pool.acquire() as conn:
         await conn.execute("CHECKPOINT")
-    result = await ingest(store, users, members, corpus, args.sends, args.concurrency)
+    if args.server is not None:
+        result = await ingest_http(
+            store, args.server, members, corpus, args.sends, args.concurrency
+        )
+        result["path"] = "HTTP POST /api/rooms/{id}/messages, one server process"
+    else:
+        result = await ingest(store, users, members, corpus, args.sends, args.concurrency)
+        result["path"] = "Store.insert_message"
     result["load"] = load()
     report["ingest"][kind].append(result)
     print(f"ingest {kind} index", result, flush=True)
@@ -342,6 +445,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         rows = await conn.fetch("SELECT id, username, bot FROM users")
         users = {r["id"]: User(r["id"], r["username"], r["bot"]) for r in rows}
         store = await Store.connect(Settings(database_url=url), run_migrations=False)
+        args.server = await Server.start(url, conn) if args.http else None
         try:
             has_tsv = await conn.fetchval(
                 "SELECT count(*) FROM pg_attribute WHERE attrelid = 'messages'::regclass "
@@ -375,6 +479,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await conn.execute(DROP_SEARCH)
                 await measure_ingest(report, "without", store, users, members, corpus, args)
         finally:
+            if args.server is not None:
+                await args.server.stop()
             await store.close()
             await conn.close()
     finally:
@@ -424,6 +530,9 @@ def cli() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="senders at once")
     parser.add_argument("--repeat", type=int, default=100, help="runs per search case")
     parser.add_argument("--rounds", type=int, default=2, help="ingest rounds without, with")
+    parser.add_argument(
+        "--http", action="store_true", help="send through a server process's HTTP API"
+    )
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--database", help="search a kept database again (no seeding, no ingest)")
