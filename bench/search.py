@@ -203,6 +203,7 @@ class Server:
     """A `python -m chat serve` process on the bench database, and session tokens for its users."""
 
     def __init__(self, proc: asyncio.subprocess.Process, base: str, tokens: dict[int, str]) -> None:
+        # The server process, its base URL, and a bearer token per user id.
         self.proc = proc
         self.base = base
         self.tokens = tokens

@@ -495,11 +495,14 @@ class Store:
                 raise invalid("`q` has no word to search for")
             if not head["indexable"]:
                 raise invalid("`q` needs a word to find that is not excluded")
-            rows = await conn.fetch(
-                Q_SEARCH_MESSAGES,
-                head["rooms"],
-                head["query"],
-                before if before is not None else 2**62,
-                limit,
-            )
+            try:
+                rows = await conn.fetch(
+                    Q_SEARCH_MESSAGES,
+                    head["rooms"],
+                    head["query"],
+                    before if before is not None else 2**62,
+                    limit,
+                )
+            except SEARCH_REJECTED:
+                raise invalid("`q` is not a query the database can search for") from None
         return [(message_from_row(r), r["headline"]) for r in rows]

@@ -1496,7 +1496,8 @@ async function showMessage(roomId, seq) {
   if (!r.historyLoaded) await loadLatest(r);
   openRoom(r.key);
   for (let pages = 0; !r.msgs.has(seq) && hasOlder(r) && pages < 40; pages += 1) {
-    const data = await authed((token) => api.history(token, r.id, { before: minSeq(r), limit: PAGE }));
+    const before = minSeq(r);
+    const data = await authed((token) => api.history(token, r.id, { before, limit: PAGE }));
     if (state.rooms.get(r.key) !== r) return false;
     for (const m of data.messages) addMessage(r, m, "history");
     renderHistoryTop();
