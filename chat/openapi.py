@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from . import protocol as p
+from . import search
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class Operation:
     errors: tuple[int, ...] = ()
     query: tuple[tuple[str, int, int], ...] = ()
     params: tuple[str, ...] = field(default=())
+    # Required text query parameters: (name, max length).
+    text: tuple[tuple[str, int], ...] = ()
 
 
 _ROOM = ("room_id",)
@@ -114,6 +117,15 @@ OPERATIONS: tuple[Operation, ...] = (
         p.PresenceOut,
         params=_ROOM,
     ),
+    Operation(
+        "get",
+        "/api/search",
+        "Search your rooms' messages, newest first (docs/protocol.md, Search)",
+        200,
+        search.HitsOut,
+        query=(("room", 1, 2**63 - 1), ("before", 0, 2**62), ("limit", 1, 100)),
+        text=(("q", search.MAX_QUERY_CHARS),),
+    ),
 )
 
 
@@ -176,6 +188,15 @@ def document() -> dict[str, Any]:
                 "schema": {"type": "integer", "minimum": lo, "maximum": hi},
             }
             for name, lo, hi in op.query
+        ]
+        parameters += [
+            {
+                "name": name,
+                "in": "query",
+                "required": True,
+                "schema": {"type": "string", "maxLength": longest},
+            }
+            for name, longest in op.text
         ]
         if parameters:
             spec["parameters"] = parameters

@@ -19,7 +19,7 @@ import asyncpg
 
 from . import migrate
 from .config import Settings
-from .errors import ChatError, invalid, unavailable
+from .errors import ChatError, forbidden, invalid, not_found, unavailable
 from .protocol import Message, Room, RoomSummary, User, iso
 from .sql import QUERIES
 
@@ -63,6 +63,16 @@ Q_BLOCKED_USERS = QUERIES["blocked_users"]
 Q_IS_BLOCKED = QUERIES["is_blocked"]
 Q_BOT_BY_USERNAME = QUERIES["bot_by_username"]
 Q_REPLACE_SESSIONS = QUERIES["replace_sessions"]
+Q_SEARCH_PREPARE = QUERIES["search_prepare"]
+Q_SEARCH_MESSAGES = QUERIES["search_messages"]
+
+# PostgreSQL refusing a search query (a tsquery it cannot parse or that is too large):
+# the caller's input, so `invalid`, not a server failure.
+SEARCH_REJECTED: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresSyntaxError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+    asyncpg.exceptions.DataError,
+)
 
 # Errors that mean "PostgreSQL is not reachable right now", not "the request is wrong".
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -468,3 +478,37 @@ class Store:
         async with self._conn() as conn:
             seq = await conn.fetchval(Q_DELETE_MESSAGE, room, message)
         return None if seq is None else int(seq)
+
+    # -- search -------------------------------------------------------------
+
+    async def search(
+        self, user: int, query: str, room: int | None, before: int | None, limit: int
+    ) -> list[tuple[Message, str | None]]:
+        """Messages matching `query` (to_tsquery input) in the user's rooms, newest first.
+
+        Each with its ts_headline text (chat/search.py turns it into ranges).
+        """
+        async with self._conn() as conn, conn.transaction(readonly=True):
+            try:
+                head = await conn.fetchrow(Q_SEARCH_PREPARE, query, user, room)
+            except SEARCH_REJECTED:
+                raise invalid("`q` is not a query the database can search for") from None
+            if not head["room_exists"]:
+                raise not_found("no such room")
+            if room is not None and not head["rooms"]:
+                raise forbidden()
+            if head["nodes"] == 0:
+                raise invalid("`q` has no word to search for")
+            if not head["indexable"]:
+                raise invalid("`q` needs a word to find that is not excluded")
+            try:
+                rows = await conn.fetch(
+                    Q_SEARCH_MESSAGES,
+                    head["rooms"],
+                    head["query"],
+                    before if before is not None else 2**62,
+                    limit,
+                )
+            except SEARCH_REJECTED:
+                raise invalid("`q` is not a query the database can search for") from None
+        return [(message_from_row(r), r["headline"]) for r in rows]

@@ -6,6 +6,6 @@ its routes to this list.
 
 from __future__ import annotations
 
-from . import accounts, messages, ops, rooms
+from . import accounts, messages, ops, rooms, search
 
-ROUTES = [*accounts.ROUTES, *rooms.ROUTES, *messages.ROUTES, *ops.ROUTES]
+ROUTES = [*accounts.ROUTES, *rooms.ROUTES, *messages.ROUTES, *search.ROUTES, *ops.ROUTES]

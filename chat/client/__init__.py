@@ -26,6 +26,7 @@ from ..protocol import (
     TypingFrame,
     User,
 )
+from ..search import Hit
 from .core import ChatClient
 from .errors import ClientClosed, ClientError, ConnectionStopped, ServerError
 from .frames import Event, backoff_delay, decode_server_frame
@@ -39,6 +40,7 @@ __all__ = [
     "DeletedFrame",
     "EditedFrame",
     "Event",
+    "Hit",
     "HttpApi",
     "Message",
     "MessageFrame",

@@ -27,6 +27,7 @@ from ..protocol import (
     UserOut,
     UsersOut,
 )
+from ..search import Hit, HitsOut
 from .errors import ServerError
 
 T = TypeVar("T")
@@ -75,7 +76,12 @@ class HttpApi:
         await self._http.aclose()
 
     async def _request(
-        self, method: str, path: str, *, json: Any = None, params: dict[str, int] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, int | str] | None = None,
     ) -> bytes:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         content = None
@@ -101,7 +107,7 @@ class HttpApi:
         path: str,
         *,
         json: Any = None,
-        params: dict[str, int] | None = None,
+        params: dict[str, int | str] | None = None,
     ) -> T:
         content = await self._request(method, path, json=json, params=params)
         return msgspec.json.decode(content, type=type_)
@@ -184,12 +190,34 @@ class HttpApi:
         limit: int = 50,
     ) -> list[Message]:
         """Stored messages, ascending: the newest (below `before`), or the oldest above `after`."""
-        params = {"limit": limit}
+        params: dict[str, int | str] = {"limit": limit}
         if before is not None:
             params["before"] = before
         if after is not None:
             params["after"] = after
         out = await self._call(MessagesOut, "GET", f"/api/rooms/{room}/messages", params=params)
+        return out.messages
+
+    async def search(
+        self,
+        q: str,
+        *,
+        room: int | None = None,
+        before: int | None = None,
+        limit: int = 20,
+    ) -> list[Hit]:
+        """Messages matching `q` in this user's rooms (or `room`), newest first.
+
+        The syntax is the server's: `"a phrase"`, `-excluded`, `a or b`, `prefix*`.
+        Each `Hit` is a `Message` plus `highlight`, `[start, end)` code-point
+        ranges of `body`. The next page: `before=hits[-1].id`.
+        """
+        params: dict[str, int | str] = {"q": q, "limit": limit}
+        if room is not None:
+            params["room"] = room
+        if before is not None:
+            params["before"] = before
+        out = await self._call(HitsOut, "GET", "/api/search", params=params)
         return out.messages
 
     async def post(self, room: int, body: str, client_id: str | None = None) -> Message:

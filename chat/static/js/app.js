@@ -13,6 +13,7 @@
 import { ApiError, api } from "./api.js";
 import { Connection, Disconnected, RequestTimeout, websocketUrl } from "./connection.js";
 import { CLOSE } from "./closes.js";
+import { initSearch } from "./search.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -264,6 +265,7 @@ function teardown() {
   $("dm-list").replaceChildren();
   closeRoomView();
   hideBanner();
+  if (state.search) state.search.clear();
 }
 
 async function signOut() {
@@ -1490,8 +1492,43 @@ function wire() {
   });
 }
 
+// -- search (search.js draws the box and its results) -------------------------
+
+// Open a found message in its room: scroll back page by page until it is loaded.
+async function showMessage(roomId, seq) {
+  let r = state.rooms.get(key(roomId));
+  if (!r) {
+    await refreshRooms().catch(() => {});
+    r = state.rooms.get(key(roomId));
+  }
+  if (!r) return false;
+  if (!r.historyLoaded) await loadLatest(r);
+  openRoom(r.key);
+  for (let pages = 0; !r.msgs.has(seq) && hasOlder(r) && pages < 40; pages += 1) {
+    const before = minSeq(r);
+    const data = await authed((token) => api.history(token, r.id, { before, limit: PAGE }));
+    if (state.rooms.get(r.key) !== r) return false;
+    for (const m of data.messages) addMessage(r, m, "history");
+    renderHistoryTop();
+  }
+  const entry = r.msgs.get(seq);
+  if (!entry || !isActive(r)) return false;
+  entry.el.scrollIntoView({ block: "center" });
+  entry.el.classList.add("found");
+  setTimeout(() => entry.el.classList.remove("found"), 2500);
+  return true;
+}
+
 async function boot() {
   wire();
+  state.search = initSearch({
+    call: authed,
+    roomName: (id) => {
+      const r = state.rooms.get(key(id));
+      return r ? displayName(r) : null;
+    },
+    show: showMessage,
+  });
   const saved = loadSession();
   if (!saved) {
     showAuth();
