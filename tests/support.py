@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -100,12 +101,27 @@ class ServerProcess:
         return self
 
     async def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        """Every line the process logs, until it exits.
+
+        A thread of its own blocks on the pipe, not one of the loop's default
+        executor: that pool has min(32, cores + 4) threads (6 here), and as many
+        server processes alive at once would hold them all, so that the next
+        `to_thread` (starting a seventh process, say) waited for ever.
+        """
         assert proc.stdout is not None
+        stdout = proc.stdout
         loop = asyncio.get_running_loop()
-        while True:
-            line = await loop.run_in_executor(None, proc.stdout.readline)
-            if not line:
-                break
+        lines: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def pump() -> None:
+            for raw in iter(stdout.readline, b""):
+                loop.call_soon_threadsafe(lines.put_nowait, raw)
+            stdout.close()
+            proc.wait()
+            loop.call_soon_threadsafe(lines.put_nowait, b"")
+
+        threading.Thread(target=pump, name=f"log-{self.name}", daemon=True).start()
+        while line := await lines.get():
             text = line.decode(errors="replace").rstrip()
             self.lines.append(text)
             self._new_line.set()
@@ -113,8 +129,6 @@ class ServerProcess:
             # uvicorn binds its socket after "Application startup complete": wait for that.
             if "Uvicorn running on" in text:
                 self._ready.set()
-        proc.stdout.close()
-        await asyncio.to_thread(proc.wait)
         self._exited.set()
 
     async def wait_for_line(self, needle: str, timeout: float = 30) -> str:
