@@ -31,6 +31,8 @@ import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from chat.client import HttpApi
+
 PASSWORD = "correct horse battery"
 # Seconds after which a test's HTTP call or awaited frame counts as hung. A busy
 # machine can take seconds to answer; a hang is what this catches, not slowness.
@@ -187,21 +189,28 @@ class ApiError(Exception):
 
 
 class Api:
-    """A user's view of the HTTP API."""
+    """A user's view of the HTTP API in raw JSON, over the SDK's client (`HttpApi.raw`).
+
+    The tests check the wire itself (shapes, codes, headers), so answers stay
+    dicts here; the SDK's typed methods are tested in test_client.py.
+    """
 
     def __init__(self, base_url: str, token: str | None = None, user: dict[str, Any] | None = None):
         self.base_url = base_url
-        self.token = token
         self.user = user or {}
         # A bound on a hang, well inside every test's own timeout; not a speed check.
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=HANG)
+        self.sdk = HttpApi(base_url, token, timeout=HANG)
 
     @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+    def token(self) -> str | None:
+        return self.sdk.token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self.sdk.token = value
 
     async def request(self, method: str, path: str, expect: int | None = None, **kw: Any) -> Any:
-        r = await self.http.request(method, path, headers=self.headers, **kw)
+        r = await self.sdk.raw(method, path, **kw)
         body = (
             r.json()
             if r.content and r.headers.get("content-type", "").startswith("application/json")
@@ -212,11 +221,10 @@ class Api:
         return body
 
     async def raw(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        headers = {**self.headers, **kw.pop("headers", {})}
-        return await self.http.request(method, path, headers=headers, **kw)
+        return await self.sdk.raw(method, path, **kw)
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await self.sdk.aclose()
 
     @classmethod
     async def new_user(cls, base_url: str, prefix: str = "u") -> Api:

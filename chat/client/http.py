@@ -75,6 +75,16 @@ class HttpApi:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Any request as this user, its response as it came (for what has no method here).
+
+        `kwargs` are httpx's (`json=`, `params=`, `content=`, `headers=`); the token's
+        `Authorization` header is added unless `headers` names one.
+        """
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers.update(kwargs.pop("headers", None) or {})
+        return await self._http.request(method, path, headers=headers, **kwargs)
+
     async def _request(
         self,
         method: str,
@@ -83,14 +93,12 @@ class HttpApi:
         json: Any = None,
         params: dict[str, int | str] | None = None,
     ) -> bytes:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers = {}
         content = None
         if json is not None:
             content = msgspec.json.encode(json)
             headers["Content-Type"] = "application/json"
-        response = await self._http.request(
-            method, path, content=content, params=params, headers=headers
-        )
+        response = await self.raw(method, path, content=content, params=params, headers=headers)
         if response.status_code >= 400:
             try:
                 error = msgspec.json.decode(response.content, type=ErrorOut).error
