@@ -40,6 +40,7 @@ from .limits import AddressLimiter, Limits
 from .node import Node, new_origin
 from .protocol import (
     AddMember,
+    DeliveriesOut,
     ErrorBody,
     ErrorFrame,
     ErrorOut,
@@ -60,6 +61,8 @@ from .protocol import (
     User,
     UserOut,
     UsersOut,
+    WebhookIn,
+    WebhookOut,
     Welcome,
     decode_body,
     decode_frame,
@@ -267,6 +270,32 @@ async def revoke_bot_tokens(request: Request) -> Response:
     user, _ = await current_user(request)
     await _node(request).replace_bot_tokens(user, request.path_params["username"], rotate=False)
     return Response(status_code=204)
+
+
+# -- webhooks (issue 15) ----------------------------------------------------------
+
+
+@endpoint
+async def set_webhook(request: Request) -> Response:
+    user, _ = await current_user(request)
+    body: WebhookIn = await read_body(request, WebhookIn)
+    webhook = await _node(request).webhooks.set(user, request.path_params["username"], body.url)
+    return json_response(WebhookOut(webhook=webhook))
+
+
+@endpoint
+async def delete_webhook(request: Request) -> Response:
+    user, _ = await current_user(request)
+    await _node(request).webhooks.delete(user, request.path_params["username"])
+    return Response(status_code=204)
+
+
+@endpoint
+async def webhook_deliveries(request: Request) -> Response:
+    user, _ = await current_user(request)
+    limit = _query_int(request, "limit", 1, 200) or 50
+    found = await _node(request).webhooks.deliveries(user, request.path_params["username"], limit)
+    return json_response(DeliveriesOut(deliveries=found))
 
 
 @endpoint
@@ -635,6 +664,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/bots", create_bot, methods=["POST"]),
         Route("/api/bots/{username}/token", rotate_bot_token, methods=["POST"]),
         Route("/api/bots/{username}/token", revoke_bot_tokens, methods=["DELETE"]),
+        Route("/api/bots/{username}/webhook", set_webhook, methods=["PUT"]),
+        Route("/api/bots/{username}/webhook", delete_webhook, methods=["DELETE"]),
+        Route("/api/bots/{username}/deliveries", webhook_deliveries, methods=["GET"]),
         Route("/api/blocks", list_blocks, methods=["GET"]),
         Route("/api/blocks/{username}", block, methods=["PUT"]),
         Route("/api/blocks/{username}", unblock, methods=["DELETE"]),

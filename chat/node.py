@@ -25,6 +25,7 @@ from .bots import BotTokens
 from .broker import Backends
 from .budgets import Budgets
 from .config import Settings
+from .deliveries import DeliveryWorker
 from .delivery import Position
 from .errors import ChatError, Close, forbidden, invalid
 from .fanout import Fanout
@@ -55,6 +56,7 @@ from .protocol import (
 )
 from .rooms import Rooms
 from .store import Store
+from .webhooks import Webhooks
 
 log = logging.getLogger("chat.node")
 
@@ -86,6 +88,9 @@ class Node:
         self.presence = PresenceTracker(settings, backends.presence, self.fanout, self._spawn)
         self.messages = Messages(settings, store, self.fanout, self.budgets)
         self.rooms = Rooms(settings, store, self.presence, self.blocks, self.removed)
+        # Bots' webhooks: the owner's use cases, and this process's share of the deliveries.
+        self.webhooks = Webhooks(store, settings.webhook_allow_private)
+        self.deliveries = DeliveryWorker(settings, store, self.messages.send)
         # Set by `drain` at shutdown: connections are closed and new ones refused.
         self.draining = False
         # Set once draining and the last connection has gone.
@@ -99,12 +104,14 @@ class Node:
         await self.broker.connect(self._on_broker, self._resync_all)
         self._spawn(self._reconcile_loop(), "reconcile")
         self._spawn(self.presence.run(), "presence")
+        self._spawn(self.deliveries.run(), "webhook-deliveries")
 
     async def stop(self) -> None:
         self._close_all()
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.deliveries.close()
         await self.presence.clear()
         self.accounts.close()
         await self.broker.disconnect()

@@ -1,0 +1,477 @@
+"""Outgoing webhooks (issue 15): the URL rule, the outbox, order, retries, replies, crashes.
+
+Deliveries run against a real HTTP receiver on 127.0.0.1 (`webhook_receiver.py`)
+from private server processes on a database of their own: every process of a
+database delivers its events, so the run's shared servers (which refuse
+loopback URLs) must not see these. Retry delays, timeout and lease are shrunk
+by settings so that a test of a 24-hour rule takes seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from .conftest import RUN, fresh_database
+from .support import Api, ApiError, ServerProcess
+from .webhook_receiver import Answer, Received, Receiver, receiving
+
+FAST = {
+    "WEBHOOK_ALLOW_PRIVATE": "true",
+    "WEBHOOK_TIMEOUT": "1",
+    "WEBHOOK_LEASE": "2",
+    "WEBHOOK_RETRY_BASE": "0.05",
+    "WEBHOOK_RETRY_MAX": "0.2",
+    "WEBHOOK_GIVE_UP": "60",
+    "WEBHOOK_POLL_INTERVAL": "0.05",
+}
+
+
+@contextlib.asynccontextmanager
+async def service(
+    server_env: dict[str, str], count: int = 1, **settings: str
+) -> AsyncIterator[tuple[str, list[ServerProcess]]]:
+    """`count` server processes on a fresh database of their own, with `settings`."""
+    tag = secrets.token_hex(3)
+    async with fresh_database(f"chat_hooks_{RUN}_{tag}") as url:
+        env = {**server_env, "DATABASE_URL": url, "REDIS_PREFIX": f"hooks{RUN}{tag}", **settings}
+        servers = [ServerProcess(env, f"hooks-{i}") for i in range(count)]
+        try:
+            for server in servers:
+                await server.start()
+            yield url, servers
+        finally:
+            for server in servers:
+                await server.stop()
+
+
+@pytest.fixture(scope="module")
+async def hooks(server_env: dict[str, str]) -> AsyncIterator[tuple[str, list[ServerProcess]]]:
+    """Two processes that allow loopback webhooks, with fast retries."""
+    async with service(server_env, 2, **FAST) as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+async def receiver() -> AsyncIterator[Receiver]:
+    async with receiving() as r:
+        yield r
+
+
+async def owner_and_bot(url: str, owner: Api | None = None) -> tuple[Api, Api]:
+    """A person (new unless given) and a new bot they own, both signed in."""
+    owner = owner or await Api.new_user(url, "own")
+    out = await owner.request(
+        "POST", "/api/bots", 201, json={"username": f"bot{secrets.token_hex(5)}"}
+    )
+    return owner, Api(url, out["token"], out["user"])
+
+
+async def set_hook(owner: Api, bot: Api, url: str) -> str:
+    out = await owner.request("PUT", f"/api/bots/{bot.username}/webhook", 200, json={"url": url})
+    assert out["webhook"]["url"] == url
+    return str(out["webhook"]["secret"])
+
+
+async def deliveries(owner: Api, bot: Api) -> list[dict[str, Any]]:
+    out = await owner.request("GET", f"/api/bots/{bot.username}/deliveries", 200)
+    return list(out["deliveries"])
+
+
+async def settled(owner: Api, bot: Api, count: int) -> list[dict[str, Any]]:
+    """The bot's deliveries once `count` of them are no longer pending (polled: the
+    outcome is written after the receiver answered, with nothing to wait on)."""
+    async with asyncio.timeout(30):
+        while True:
+            found = await deliveries(owner, bot)
+            if len([d for d in found if d["status"] != "pending"]) >= count:
+                return found
+            await asyncio.sleep(0.05)
+
+
+async def room_with(owner: Api, bot: Api) -> int:
+    room = int((await owner.create_room("hooked"))["id"])
+    await bot.join(room)
+    return room
+
+
+# -- the URL rule and the owner's routes ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.1/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://224.0.0.1/hook",
+        "http://0.0.0.0/hook",
+        "ftp://example.com/hook",
+        "javascript:alert(1)",
+        "http:///nohost",
+    ],
+)
+async def test_forbidden_urls_are_invalid(server: ServerProcess, url: str) -> None:
+    """Loopback, private, link-local, multicast hosts and other schemes are 422 invalid."""
+    owner, bot = await owner_and_bot(server.url)
+    r = await owner.raw("PUT", f"/api/bots/{bot.username}/webhook", json={"url": url})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid"
+    await owner.close()
+    await bot.close()
+
+
+async def test_only_the_owner_sets_a_webhook_and_each_put_makes_a_new_secret(
+    hooks: tuple[str, list[ServerProcess]], receiver: Receiver
+) -> None:
+    """Another user gets 403 (the bot itself too), an unknown bot 404; each PUT a new
+    secret; DELETE 204 then 404; deliveries are the owner's only."""
+    base = hooks[1][0].url
+    owner, bot = await owner_and_bot(base)
+    stranger = await Api.new_user(base, "str")
+    for who in (stranger, bot):
+        r = await who.raw(
+            "PUT", f"/api/bots/{bot.username}/webhook", json={"url": receiver.url("/x")}
+        )
+        assert r.status_code == 403
+        r = await who.raw("GET", f"/api/bots/{bot.username}/deliveries")
+        assert r.status_code == 403
+    r = await owner.raw("PUT", "/api/bots/nobody-here/webhook", json={"url": receiver.url("/x")})
+    assert r.status_code == 404
+    r = await owner.raw("PUT", f"/api/bots/{owner.username}/webhook", json={"url": "http://x"})
+    assert r.status_code == 404  # a person is no bot
+    first = await set_hook(owner, bot, receiver.url("/x"))
+    second = await set_hook(owner, bot, receiver.url("/x"))
+    assert first != second and len(second) >= 32
+    await owner.request("DELETE", f"/api/bots/{bot.username}/webhook", 204)
+    await owner.request("DELETE", f"/api/bots/{bot.username}/webhook", 404)
+    for api in (owner, bot, stranger):
+        await api.close()
+
+
+# -- delivery ---------------------------------------------------------------------------
+
+
+async def test_events_are_signed_and_delivered_in_seq_order(
+    hooks: tuple[str, list[ServerProcess]], receiver: Receiver
+) -> None:
+    """Each message by another user is POSTed once, in seq order, with the contract's body,
+    headers and HMAC signature; the bot's own message is not; deliveries list them."""
+    base = hooks[1][0].url
+    owner, bot = await owner_and_bot(base)
+    path = f"/order-{bot.username}"
+    secret = await set_hook(owner, bot, receiver.url(path))
+    room = await room_with(owner, bot)
+    await bot.post(room, "my own words")
+    sent = [await owner.post(room, f"m{i}") for i in range(6)]
+    got = await receiver.wait(path, 6)
+    assert [r.seq for r in got] == [m["seq"] for m in sent]
+    for request, message in zip(got, sent, strict=True):
+        assert request.signed_with(secret)
+        assert not request.signed_with("whsec_another")
+        body = request.json
+        assert body["event"] == "message"
+        assert body["delivery"] == request.delivery
+        assert body["bot"] == bot.user
+        assert body["room"]["id"] == room
+        assert body["message"]["id"] == message["id"]
+        assert body["message"]["body"] == message["body"]
+        assert request.headers["x-chat-timestamp"].isdigit()
+    found = await settled(owner, bot, 6)
+    assert [d["message_id"] for d in found] == [m["id"] for m in reversed(sent)]
+    assert all(d["status"] == "delivered" and d["attempts"] == 1 for d in found)
+    assert all(d["last_status"] == 200 and d["room"] == room for d in found)
+    assert len(receiver.at(path)) == 6  # the bot's own message made no event
+    await owner.close()
+    await bot.close()
+
+
+async def test_concurrent_sends_each_get_their_event(
+    hooks: tuple[str, list[ServerProcess]], receiver: Receiver
+) -> None:
+    """Sends stored together by group commit each get one event; a repeated client_id
+    (stored once) gets one; all are delivered in seq order."""
+    base = hooks[1][0].url
+    owner, bot = await owner_and_bot(base)
+    path = f"/batch-{bot.username}"
+    await set_hook(owner, bot, receiver.url(path))
+    room = await room_with(owner, bot)
+    results = await asyncio.gather(
+        *(owner.post(room, f"b{i}", client_id=f"c{i % 30}") for i in range(40))
+    )
+    stored = {m["id"]: m for m in results}
+    assert len(stored) == 30
+    got = await receiver.wait(path, 30)
+    assert [r.seq for r in got] == sorted(m["seq"] for m in stored.values())
+    found = await settled(owner, bot, 30)
+    assert len(found) == 30
+    await owner.close()
+    await bot.close()
+
+
+async def test_retries_in_order_and_a_down_webhook_holds_up_nobody_else(
+    hooks: tuple[str, list[ServerProcess]], receiver: Receiver
+) -> None:
+    """500, 429, 503 and a timeout are retried with the lane held (seq 2
+    waits for seq 1); meanwhile another bot of the room, and this bot's other room, get
+    theirs at once."""
+    base = hooks[1][0].url
+    owner, bot = await owner_and_bot(base)
+    _, other = await owner_and_bot(base, owner)
+    path, other_path = f"/flaky-{bot.username}", f"/fine-{other.username}"
+    await set_hook(owner, bot, receiver.url(path))
+    await set_hook(owner, other, receiver.url(other_path))
+    room = await room_with(owner, bot)
+    await other.join(room)
+    second_room = await room_with(owner, bot)
+
+    def first_room(request: Received) -> bool:
+        return bool(request.json["room"]["id"] == room)
+
+    receiver.on(
+        path,
+        *(Answer(status, match=first_room) for status in (500, 429, 503)),
+        Answer(200, delay=1.5, match=first_room),
+    )
+    first = await owner.post(room, "first")
+    await receiver.wait(path, 1)
+    then = await owner.post(room, "second")
+    elsewhere = await owner.post(second_room, "elsewhere")
+    # The other bot and the other room are not held up by the retrying lane.
+    await receiver.wait(other_path, 2)
+    await receiver.wait_for(path, lambda rs: any(r.json["room"]["id"] == second_room for r in rs))
+    got = await receiver.wait_for(
+        path, lambda rs: any(r.json["message"]["id"] == then["id"] for r in rs)
+    )
+    lane = [r.json["message"]["id"] for r in got if r.json["room"]["id"] == room]
+    # Attempts 1-4 of the first failed or timed out, the fifth succeeded, then the second.
+    assert lane == [first["id"]] * 5 + [then["id"]]
+    assert len({r.delivery for r in got if r.json["message"]["id"] == first["id"]}) == 1
+    found = {d["message_id"]: d for d in await settled(owner, bot, 3)}
+    assert found[first["id"]]["attempts"] == 5 and found[first["id"]]["status"] == "delivered"
+    assert found[elsewhere["id"]]["attempts"] == 1
+    await owner.close()
+    await bot.close()
+    await other.close()
+
+
+async def test_other_4xx_and_redirects_fail_at_once(
+    hooks: tuple[str, list[ServerProcess]], receiver: Receiver
+) -> None:
+    """A 400 fails the event after one attempt, a 302 is not followed and fails too, and
+    the lane moves on to the next event."""
+    base = hooks[1][0].url
+    owner, bot = await owner_and_bot(base)
+    path = f"/picky-{bot.username}"
+    await set_hook(owner, bot, receiver.url(path))
+    room = await room_with(owner, bot)
+    receiver.on(path, Answer(400), Answer(302, headers={"location": receiver.url(path + "/moved")}))
+    a = await owner.post(room, "refused")
+    b = await owner.post(room, "redirected")
+    c = await owner.post(room, "fine")
+    got = await receiver.wait(path, 3)
+    assert [r.json["message"]["id"] for r in got] == [a["id"], b["id"], c["id"]]
+    found = {d["message_id"]: d for d in await settled(owner, bot, 3)}
+    assert found[a["id"]] | {"id": 0} == {
+        "id": 0,
+        "room": room,
+        "message_id": a["id"],
+        "status": "failed",
+        "attempts": 1,
+        "last_status": 400,
+        "last_error": "HTTP 400",
+    }
+    assert found[b["id"]]["status"] == "failed" and found[b["id"]]["last_status"] == 302
+    assert found[c["id"]]["status"] == "delivered"
+    assert receiver.at(path + "/moved") == []
+    await owner.close()
+    await bot.close()
+
+
+async def test_reply_is_sent_once_even_when_the_event_is_delivered_again(
+    hooks: tuple[str, list[ServerProcess]], receiver: Receiver
+) -> None:
+    """A 2xx `{"reply": TEXT}` becomes the bot's message; the same event delivered again
+    (as after a crash between the reply and the record) stores no second reply."""
+    url, servers = hooks
+    base = servers[0].url
+    owner, bot = await owner_and_bot(base)
+    path = f"/reply-{bot.username}"
+    await set_hook(owner, bot, receiver.url(path))
+    room = await room_with(owner, bot)
+    answer = json.dumps({"reply": "pong"}).encode()
+    receiver.on(path, Answer(200, answer), Answer(200, answer))
+    await owner.post(room, "ping")
+    first = await receiver.wait(path, 1)
+    await settled(owner, bot, 1)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "UPDATE webhook_events SET status = 'pending', finished_at = NULL WHERE id = $1",
+            first[0].delivery,
+        )
+    finally:
+        await conn.close()
+    again = await receiver.wait(path, 2)
+    assert again[1].delivery == again[0].delivery
+    await settled(owner, bot, 1)
+    history = await owner.all_messages(room)
+    replies = [m for m in history if m["sender"]["id"] == bot.user["id"]]
+    assert [m["body"] for m in replies] == ["pong"]
+    assert replies[0]["client_id"] == f"webhook-{first[0].delivery}"
+    # The bot's reply made no event for the bot itself.
+    assert len(receiver.at(path)) == 2
+    await owner.close()
+    await bot.close()
+
+
+async def test_metrics_count_deliveries_and_lag(
+    hooks: tuple[str, list[ServerProcess]], receiver: Receiver
+) -> None:
+    """/metrics has the delivery counts by outcome, the lag histogram and the backlog gauge."""
+    _, servers = hooks
+    owner, bot = await owner_and_bot(servers[0].url)
+    path = f"/metrics-{bot.username}"
+    await set_hook(owner, bot, receiver.url(path))
+    room = await room_with(owner, bot)
+    await owner.post(room, "counted")
+    await receiver.wait(path, 1)
+    await settled(owner, bot, 1)
+    text = ""
+    for server in servers:
+        anon = Api(server.url)
+        text += await anon.request("GET", "/metrics", 200)
+        await anon.close()
+    assert 'chat_webhook_deliveries_total{outcome="delivered"}' in text
+    assert "chat_webhook_lag_seconds_bucket" in text
+    assert "chat_webhook_oldest_pending_seconds" in text
+    await owner.close()
+    await bot.close()
+
+
+# -- rules that need processes of their own ---------------------------------------------
+
+
+async def test_events_fail_after_the_give_up_age(server_env: dict[str, str]) -> None:
+    """A webhook that answers 500 for longer than WEBHOOK_GIVE_UP leaves the event failed,
+    with its attempts and last status, and the next event is tried."""
+    async with (
+        receiving() as receiver,
+        service(server_env, 1, **{**FAST, "WEBHOOK_GIVE_UP": "1"}) as (_, (server,)),
+    ):
+        owner, bot = await owner_and_bot(server.url)
+        path = "/down"
+        await set_hook(owner, bot, receiver.url(path))
+        room = await room_with(owner, bot)
+        receiver.on(path, *[Answer(500)] * 1000)
+        doomed = await owner.post(room, "never delivered")
+        found = await settled(owner, bot, 1)
+        assert found[0]["message_id"] == doomed["id"]
+        assert found[0]["status"] == "failed" and found[0]["last_status"] == 500
+        assert found[0]["attempts"] >= 3
+        receiver.script[path].clear()
+        nxt = await owner.post(room, "next")
+        got = await receiver.wait_for(path, lambda rs: rs[-1].json["message"]["id"] == nxt["id"])
+        assert got[-1].json["message"]["id"] == nxt["id"]
+        await owner.close()
+        await bot.close()
+
+
+async def test_address_is_checked_again_at_connect_time(server_env: dict[str, str]) -> None:
+    """A URL whose host is (now) a loopback address is refused when connecting, even though
+    it was stored: the event fails and nothing reaches the address."""
+    async with (
+        receiving() as receiver,
+        service(server_env, 1, WEBHOOK_POLL_INTERVAL="0.05") as (
+            url,
+            (server,),
+        ),
+    ):
+        owner, bot = await owner_and_bot(server.url)
+        conn = await asyncpg.connect(url)
+        try:
+            # As if the name had resolved to a public address when the URL was set.
+            await conn.execute(
+                "INSERT INTO webhooks (bot_id, url, secret) VALUES ($1, $2, 'whsec_x')",
+                bot.user["id"],
+                receiver.url("/inside"),
+            )
+        finally:
+            await conn.close()
+        room = await room_with(owner, bot)
+        await owner.post(room, "probe")
+        found = await settled(owner, bot, 1)
+        assert found[0]["status"] == "failed"
+        assert "forbidden address" in found[0]["last_error"]
+        assert receiver.at("/inside") == []
+        await owner.close()
+        await bot.close()
+
+
+@pytest.mark.faults
+async def test_sigkill_mid_delivery_loses_nothing_and_leaves_nothing_stuck(
+    server_env: dict[str, str],
+) -> None:
+    """The process delivering an event is SIGKILLed while the request is in flight: after
+    its lease runs out the other process delivers that event and the rest of the lane,
+    in seq order, every one at least once and none left pending."""
+    hold = asyncio.Event()
+    async with receiving() as receiver, service(server_env, 1, **FAST) as (url, (a,)):
+        owner, bot = await owner_and_bot(a.url)
+        path = "/crash"
+        await set_hook(owner, bot, receiver.url(path))
+        room = await room_with(owner, bot)
+        # A holds the first request open; after the kill, one more failure, then fine.
+        receiver.on(path, Answer(200, hold=hold), Answer(503))
+        sent = [await owner.post(room, "first")]
+        await receiver.wait(path, 1)
+        b = ServerProcess(a.env, "hooks-b")
+        try:
+            await b.start()
+            await a.kill()
+            survivor = owner.on(b.url)
+            sent += [await survivor.post(room, f"after {i}") for i in range(5)]
+            got = await receiver.wait_for(path, lambda rs: len({r.delivery for r in rs}) == 6)
+            ids = [r.json["message"]["id"] for r in got]
+            # The first came three times (A's, B's failure, B's success); then each once.
+            assert ids == [sent[0]["id"]] * 3 + [m["id"] for m in sent[1:]]
+            found = await settled(survivor, bot, 6)
+            assert all(d["status"] == "delivered" for d in found)
+            await survivor.close()
+        finally:
+            hold.set()
+            await b.stop()
+        conn = await asyncpg.connect(url)
+        try:
+            stuck = await conn.fetchval(
+                "SELECT count(*) FROM webhook_events WHERE status = 'pending'"
+            )
+        finally:
+            await conn.close()
+        assert stuck == 0
+        await owner.close()
+        await bot.close()
+
+
+async def test_bad_urls_with_private_allowed_are_still_invalid(
+    hooks: tuple[str, list[ServerProcess]],
+) -> None:
+    """With WEBHOOK_ALLOW_PRIVATE the scheme and host rules still hold."""
+    owner, bot = await owner_and_bot(hooks[1][0].url)
+    for url in ("ftp://127.0.0.1/", "http://", "http://exa mple.com/", "not a url"):
+        with pytest.raises(ApiError) as caught:
+            await set_hook(owner, bot, url)
+        assert caught.value.status == 422
+    await owner.close()
+    await bot.close()
