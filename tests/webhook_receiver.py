@@ -1,5 +1,7 @@
 """A webhook receiver for the tests: a real HTTP server on 127.0.0.1 with scripted answers.
 
+It also serves documents (a JWKS for the JWT tests) that the test may change at any time.
+
 Each path is one bot's webhook. Answers are scripted per path (a status, a body,
 a delay, or a hold until the test lets the request go); once a path's script is
 used up it answers 200 `{}`. Every request is recorded, and tests wait on the
@@ -70,6 +72,8 @@ class Receiver:
         self.port = free_port()
         # Scripted answers per path, used in order.
         self.script: dict[str, list[Answer]] = defaultdict(list)
+        # Documents served as they are at each request (a JWKS the test rotates).
+        self.documents: dict[str, bytes] = {}
         # Every request, in arrival order.
         self.received: list[Received] = []
         # Notified on each request.
@@ -118,7 +122,8 @@ class Receiver:
         async with self.arrived:
             self.received.append(request)
             self.arrived.notify_all()
-        answer = self._answer(request)
+        document = self.documents.get(path)
+        answer = Answer(body=document) if document is not None else self._answer(request)
         if answer.delay:
             await asyncio.sleep(answer.delay)
         if answer.hold is not None:
