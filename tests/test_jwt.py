@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from chat.client import ChatClient
+
 from .support import Api, ServerProcess, Ws
 from .webhook_receiver import Receiver, receiving
 
@@ -397,3 +399,40 @@ async def test_unknown_kids_refetch_the_jwks_at_most_once_per_period(
         codes = await asyncio.gather(*(status_of(server.url, t) for t in tokens))
         assert set(codes) == {401}
         assert provider.fetches - before <= 1
+
+
+# -- the SDK ----------------------------------------------------------------------------
+
+
+async def test_the_sdk_refreshes_its_jwt_through_the_bots_callback(
+    hs_server: ServerProcess,
+) -> None:
+    """ChatClient calls `refresh_token` ahead of expiry and sends `refresh`: a socket opened
+    with the same short-lived token but no refresh (the canary) is closed with 4001,
+    while the client's stays up, unreconnected, and still sends."""
+    sub = f"sub-{secrets.token_hex(6)}"
+    short = hs256(sub=sub, exp=int(time.time()) + 3)
+    asked = asyncio.Event()
+
+    async def fresh() -> str:
+        asked.set()
+        return hs256(sub=sub)
+
+    canary = await Ws.connect(hs_server.ws_url, short)
+    client = ChatClient(hs_server.url, short, refresh_token=fresh, refresh_margin=2)
+    try:
+        await asyncio.wait_for(client.start(), 30)
+        room = await me(hs_server.url, hs256(sub=sub))  # the same user, over HTTP
+        assert room["id"] == client.user.id
+        await asyncio.wait_for(asked.wait(), 30)
+        await asyncio.wait_for(canary.closed.wait(), 30)
+        assert canary.ws.close_code == 4001
+        api = Api(hs_server.url, hs256(sub=sub))
+        made = await api.create_room("sdk")
+        await api.close()
+        await asyncio.wait_for(client.join(int(made["id"])), 30)
+        message = await asyncio.wait_for(client.send(int(made["id"]), "still here"), 30)
+        assert message.body == "still here"
+        assert client.reconnects == 0
+    finally:
+        await client.close()
