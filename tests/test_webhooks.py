@@ -12,17 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
 from .conftest import RUN, fresh_database
-from .support import Api, ApiError, ServerProcess
+from .support import Api, ApiError, ServerProcess, Ws, free_port
 from .webhook_receiver import Answer, Received, Receiver, receiving
 
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "webhook_bot.py"
 FAST = {
     "WEBHOOK_ALLOW_PRIVATE": "true",
     "WEBHOOK_TIMEOUT": "1",
@@ -475,3 +479,38 @@ async def test_bad_urls_with_private_allowed_are_still_invalid(
         assert caught.value.status == 422
     await owner.close()
     await bot.close()
+
+
+async def test_the_example_bot_checks_the_signature_and_replies(
+    hooks: tuple[str, list[ServerProcess]],
+) -> None:
+    """examples/webhook_bot.py, run as it is documented, answers `!ping` with a reply that
+    arrives in the room as the bot's message."""
+    base = hooks[1][0].url
+    owner, bot = await owner_and_bot(base)
+    port = free_port()
+    secret = await set_hook(owner, bot, f"http://127.0.0.1:{port}/hook")
+    room = await room_with(owner, bot)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLE),
+        env={**os.environ, "WEBHOOK_SECRET": secret, "PORT": str(port)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    ws = await Ws.connect(hooks[1][0].ws_url, owner.token)
+    try:
+        await ws.call({"type": "join", "room": room})
+        # Sent before the bot may be listening: the delivery is retried until it is.
+        await owner.post(room, "!ping")
+        while True:
+            frame = await ws.expect("message", skip=("presence", "presence_diff"))
+            if frame["message"]["sender"]["id"] == bot.user["id"]:
+                break
+        assert frame["message"]["body"] == f"pong, {owner.username}"
+    finally:
+        process.kill()
+        await process.wait()
+        await ws.ws.close()
+        await owner.close()
+        await bot.close()
