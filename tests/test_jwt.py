@@ -128,16 +128,24 @@ async def test_a_jwt_signs_in_over_http_and_websocket_and_provisions_once(
     hs_server: ServerProcess,
 ) -> None:
     """The first JWT of a subject makes its user named preferred_username; later JWTs of
-    that subject are the same user whatever name they carry; hello welcomes them."""
+    that subject are the same user whatever name they carry; hello welcomes them; they
+    cannot log in with a password; neither the token nor the secret is logged."""
     sub = f"sub-{secrets.token_hex(6)}"
     name = f"jw{secrets.token_hex(4)}"
     first = await me(hs_server.url, hs256(sub=sub, preferred_username=name))
     assert first["username"] == name and first["bot"] is False
     again = await me(hs_server.url, hs256(sub=sub, preferred_username="someone-else"))
     assert again == first
-    ws = await Ws.connect(hs_server.ws_url, hs256(sub=sub))
+    token = hs256(sub=sub)
+    ws = await Ws.connect(hs_server.ws_url, token)
     assert ws.welcome["user"] == first
     await ws.ws.close()
+    # Such a user has no password: a log-in by name is the same 401 as a wrong password.
+    api = Api(hs_server.url)
+    r = await api.raw("POST", "/api/sessions", json={"username": name, "password": "x" * 12})
+    assert r.status_code == 401
+    await api.close()
+    assert not any(token in line or SECRET in line for line in hs_server.lines)
 
 
 async def test_taken_or_invalid_preferred_usernames_get_a_made_up_name(

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import ipaddress
 import json
 import os
 import secrets
@@ -21,6 +24,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+
+from chat.config import Settings
+from chat.deliveries import retry_delay
+from chat.webhooks import forbidden_address, sign
 
 from .conftest import RUN, fresh_database
 from .support import Api, ApiError, ServerProcess, Ws, free_port
@@ -514,3 +521,74 @@ async def test_the_example_bot_checks_the_signature_and_replies(
         await ws.ws.close()
         await owner.close()
         await bot.close()
+
+
+# -- the rules as plain functions -------------------------------------------------------
+
+
+def test_retry_delays_double_from_the_base_up_to_the_cap() -> None:
+    """1 s, 2 s, 4 s ... capped at 300 s, with the defaults."""
+    settings = Settings()
+    delays = [retry_delay(settings, attempt) for attempt in range(1, 12)]
+    assert delays[:9] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert delays[9:] == [300, 300]
+    assert retry_delay(settings, 10_000) == 300
+
+
+def test_the_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    """`sha256=` + hex HMAC of `TIMESTAMP.BODY`, keyed with the secret's UTF-8 bytes."""
+    expected = hmac.new(b"s\xc3\xa9cret", b"1700000000.{}", hashlib.sha256).hexdigest()
+    assert sign("s\u00e9cret", 1700000000, b"{}") == "sha256=" + expected
+
+
+@pytest.mark.parametrize(
+    ("address", "refused"),
+    [
+        ("127.0.0.1", True),
+        ("10.0.0.1", True),
+        ("172.16.5.4", True),
+        ("192.168.1.1", True),
+        ("169.254.169.254", True),
+        ("100.64.0.1", True),
+        ("0.0.0.0", True),
+        ("224.0.0.1", True),
+        ("239.255.255.250", True),
+        ("::1", True),
+        ("fe80::1", True),
+        ("fc00::1", True),
+        ("ff02::1", True),
+        ("::ffff:10.0.0.1", True),
+        ("8.8.8.8", False),
+        ("2606:4700:4700::1111", False),
+    ],
+)
+def test_the_address_rule(address: str, refused: bool) -> None:
+    """Loopback, private, link-local, CGNAT, unspecified and multicast addresses (IPv4,
+    IPv6 and IPv4-mapped) are refused; global unicast ones pass."""
+    assert forbidden_address(ipaddress.ip_address(address)) is refused
+
+
+async def test_removing_the_webhook_fails_its_pending_events(
+    hooks: tuple[str, list[ServerProcess]], receiver: Receiver
+) -> None:
+    """DELETE of a webhook whose event is waiting for a retry leaves that event failed,
+    and later messages make no event; the secret never appears in the servers' logs."""
+    _, servers = hooks
+    owner, bot = await owner_and_bot(servers[0].url)
+    path = f"/removed-{bot.username}"
+    secret = await set_hook(owner, bot, receiver.url(path))
+    room = await room_with(owner, bot)
+    receiver.on(path, *[Answer(503)] * 1000)
+    await owner.post(room, "waiting")
+    await receiver.wait(path, 2)  # failed twice: in its retries
+    await owner.request("DELETE", f"/api/bots/{bot.username}/webhook", 204)
+    found = await settled(owner, bot, 1)
+    assert found[0]["status"] == "failed"
+    assert found[0]["last_error"] == "the webhook was removed"
+    await owner.post(room, "after")
+    assert len(await deliveries(owner, bot)) == 1
+    receiver.script[path].clear()
+    for server in servers:
+        assert not any(secret in line for line in server.lines)
+    await owner.close()
+    await bot.close()
