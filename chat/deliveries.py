@@ -156,7 +156,20 @@ class DeliveryWorker:
             metrics.WEBHOOK_OLDEST_PENDING.set(await self.store.oldest_pending_webhook_event())
 
     async def _deliver(self, event: ClaimedEvent) -> None:
-        """One attempt at one event, and its outcome written under this process's lease."""
+        """One attempt at one event, and its outcome written under this process's lease.
+
+        If PostgreSQL is away, the outcome cannot be written: the lease runs out and
+        the event is attempted again (at least once, never lost).
+        """
+        try:
+            await self._attempt_and_record(event)
+        except ChatError as exc:
+            log.warning(
+                "webhook outcome not recorded; the lease will run out",
+                extra={"event": event.id, "error": exc.code},
+            )
+
+    async def _attempt_and_record(self, event: ClaimedEvent) -> None:
         try:
             status = await self._attempt(event)
         except Retry as exc:
@@ -244,8 +257,10 @@ class DeliveryWorker:
                 )
                 response = await self.client.send(request, stream=True)
                 try:
+                    # Decoded (a gzip answer is read as JSON), and cut off at the limit
+                    # as it is decoded, so a compressed bomb costs no more than that.
                     answer = bytearray()
-                    async for chunk in response.aiter_raw():
+                    async for chunk in response.aiter_bytes():
                         answer += chunk
                         if len(answer) > limit:
                             break

@@ -592,3 +592,25 @@ async def test_removing_the_webhook_fails_its_pending_events(
         assert not any(secret in line for line in server.lines)
     await owner.close()
     await bot.close()
+
+
+async def test_answers_are_read_up_to_the_limit_only(
+    hooks: tuple[str, list[ServerProcess]], receiver: Receiver
+) -> None:
+    """A 2xx answer over WEBHOOK_MAX_RESPONSE_BYTES is an acknowledgement only: its reply
+    is not sent, and the delivery says why."""
+    _, servers = hooks
+    owner, bot = await owner_and_bot(servers[0].url)
+    path = f"/big-{bot.username}"
+    await set_hook(owner, bot, receiver.url(path))
+    room = await room_with(owner, bot)
+    huge = b'{"reply": "too late"' + b" " * 70_000 + b"}"
+    receiver.on(path, Answer(200, huge))
+    await owner.post(room, "answer me at length")
+    found = await settled(owner, bot, 1)
+    assert found[0]["status"] == "delivered"
+    assert found[0]["last_error"] == "the answer was too long to read for a reply"
+    history = await owner.all_messages(room)
+    assert [m["body"] for m in history] == ["answer me at length"]
+    await owner.close()
+    await bot.close()
