@@ -614,3 +614,29 @@ async def test_answers_are_read_up_to_the_limit_only(
     assert [m["body"] for m in history] == ["answer me at length"]
     await owner.close()
     await bot.close()
+
+
+async def test_one_event_in_flight_per_bot_and_room_across_processes(
+    hooks: tuple[str, list[ServerProcess]], receiver: Receiver
+) -> None:
+    """With both processes delivering and every answer slow, a (bot, room) never has two
+    requests open at once, while different rooms of the bot are delivered side by side."""
+    _, servers = hooks
+    owner, bot = await owner_and_bot(servers[0].url)
+    other = owner.on(servers[1].url)
+    path = f"/lanes-{bot.username}"
+    await set_hook(owner, bot, receiver.url(path))
+    rooms = [await room_with(owner, bot) for _ in range(3)]
+    receiver.on(path, *[Answer(200, delay=0.15)] * 15)
+    for i in range(5):
+        for room in rooms:
+            await (owner if i % 2 else other).post(room, f"{i}")
+    got = await receiver.wait(path, 15)
+    for room in rooms:
+        lane = [r.seq for r in got if r.json["room"]["id"] == room]
+        assert lane == sorted(lane) and len(lane) == 5
+        assert receiver.most_open[f"{path}#{room}"] == 1
+    assert receiver.most_open[path] > 1  # the lanes did run side by side
+    await other.close()
+    await owner.close()
+    await bot.close()

@@ -51,6 +51,14 @@ class Received:
         return json.loads(self.body)
 
     @property
+    def lane(self) -> str:
+        """The path and the event's room: one bot's lane (the path itself if no event)."""
+        try:
+            return f"{self.path}#{self.json['room']['id']}"
+        except (ValueError, KeyError, TypeError):
+            return self.path
+
+    @property
     def delivery(self) -> int:
         return int(self.headers["x-chat-delivery"])
 
@@ -78,6 +86,10 @@ class Receiver:
         self.received: list[Received] = []
         # Notified on each request.
         self.arrived = asyncio.Condition()
+        # Requests being answered now and the most there ever were at once, per path and
+        # per lane (path and the event's room).
+        self.open: dict[str, int] = defaultdict(int)
+        self.most_open: dict[str, int] = defaultdict(int)
         self._server: uvicorn.Server | None = None
 
     def url(self, path: str) -> str:
@@ -124,10 +136,18 @@ class Receiver:
             self.arrived.notify_all()
         document = self.documents.get(path)
         answer = Answer(body=document) if document is not None else self._answer(request)
-        if answer.delay:
-            await asyncio.sleep(answer.delay)
-        if answer.hold is not None:
-            await answer.hold.wait()
+        keys = (path, request.lane)
+        for key in keys:
+            self.open[key] += 1
+            self.most_open[key] = max(self.most_open[key], self.open[key])
+        try:
+            if answer.delay:
+                await asyncio.sleep(answer.delay)
+            if answer.hold is not None:
+                await answer.hold.wait()
+        finally:
+            for key in keys:
+                self.open[key] -= 1
         head = [(b"content-type", b"application/json")]
         head += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
         await send({"type": "http.response.start", "status": answer.status, "headers": head})
