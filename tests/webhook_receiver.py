@@ -165,6 +165,8 @@ async def receiving() -> AsyncIterator[Receiver]:
         log_level="warning",
         lifespan="off",
         interface="asgi3",
+        # Requests held open by a test are cut after this at shutdown.
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -176,7 +178,8 @@ async def receiving() -> AsyncIterator[Receiver]:
                 await asyncio.sleep(0.01)
         yield receiver
     finally:
+        # A graceful exit closes the servers' keep-alive connections (a forced one leaves
+        # their sockets to the garbage collector, a ResourceWarning in a later test).
         server.should_exit = True
-        server.force_exit = True
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
