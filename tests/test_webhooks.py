@@ -27,6 +27,8 @@ import pytest
 
 from chat.config import Settings
 from chat.deliveries import retry_delay
+from chat.protocol import User
+from chat.store import Draft, Store
 from chat.webhooks import forbidden_address, sign
 
 from .conftest import RUN, fresh_database
@@ -640,3 +642,65 @@ async def test_one_event_in_flight_per_bot_and_room_across_processes(
     await other.close()
     await owner.close()
     await bot.close()
+
+
+# -- the outbox, at the store ------------------------------------------------------------
+
+
+async def test_the_outbox_rows_come_with_the_insert_statement() -> None:
+    """`insert_batch` (group commit) and `insert_one` write one event per bot with a webhook
+    in the room (never the sender's own), in their own statement; a repeated client_id
+    writes neither message nor event. On a database of its own: no process delivers."""
+    async with fresh_database(f"chat_outbox_{RUN}") as url:
+        await outbox_rows(url)
+
+
+async def outbox_rows(database_url: str) -> None:
+    store = await Store.connect(Settings(database_url=database_url, db_pool_min=1))
+    conn = await asyncpg.connect(database_url)
+    try:
+        tag = secrets.token_hex(4)
+        person = await conn.fetchval(
+            "INSERT INTO users (username, password_hash) VALUES ($1, 'x') RETURNING id",
+            f"p{tag}",
+        )
+        bots = [
+            await conn.fetchval(
+                "INSERT INTO users (username, bot, owner_id) VALUES ($1, true, $2) RETURNING id",
+                f"b{i}{tag}",
+                person,
+            )
+            for i in range(3)
+        ]
+        room = await conn.fetchval(
+            "INSERT INTO rooms (name, created_by) VALUES ('outbox', $1) RETURNING id", person
+        )
+        for user in (person, *bots):
+            await conn.execute("INSERT INTO members (room_id, user_id) VALUES ($1, $2)", room, user)
+        for bot in bots[:2]:  # the third bot has no webhook
+            await conn.execute(
+                "INSERT INTO webhooks (bot_id, url, secret) VALUES ($1, 'http://x', 's')", bot
+            )
+        sender = User(id=person, username=f"p{tag}")
+        batch = await store.insert_batch([Draft(room, sender, f"m{i}", f"c{i}") for i in range(3)])
+        assert len(batch) == 3
+        one = await store.insert_one(
+            Draft(room, User(id=bots[0], username="b", bot=True), "hi", None)
+        )
+        assert one is not None
+        rows = await conn.fetch(
+            "SELECT bot_id, message_id, seq FROM webhook_events WHERE room_id = $1 ORDER BY id",
+            room,
+        )
+        expected = {(bot, m.id, m.seq) for m in batch.values() for bot in bots[:2]}
+        expected.add((bots[1], one[0].id, one[0].seq))  # bot 0 sent it: only bot 1 hears
+        assert {(r["bot_id"], r["message_id"], r["seq"]) for r in rows} == expected
+        # The same client_id again: the first message comes back, nothing new is written.
+        again = await store.insert_one(Draft(room, sender, "m0", "c0"))
+        assert again is not None and again[1] is False
+        assert await conn.fetchval(
+            "SELECT count(*) FROM webhook_events WHERE room_id = $1", room
+        ) == len(expected)
+    finally:
+        await conn.close()
+        await store.close()
