@@ -129,6 +129,20 @@ def _log_format(text: str) -> str:
     return text
 
 
+def _secret(text: str) -> str:
+    # RFC 7518 3.2: an HS256 key is at least as long as the hash (32 bytes).
+    if len(text.encode("utf-8")) < 32:
+        raise ValueError("must be at least 32 bytes long")
+    return text
+
+
+def _claim(text: str) -> str:
+    # An issuer or audience is compared as typed; white space in one is a copy-paste slip.
+    if not text or any(c.isspace() for c in text):
+        raise ValueError("must be non-empty with no white space")
+    return text
+
+
 def setting(default: T, parse: Callable[[str], T]) -> T:
     """A field of `Settings`: its default and the parser that validates its variable.
 
@@ -235,6 +249,31 @@ class Settings:
     # While a batch is in flight, new sends gather this long (seconds) before the next
     # batch starts, instead of taking a free lane one by one.
     write_batch_window: float = setting(0.002, _float(0, 1))
+    # Outgoing webhooks (issue 15). Loopback, private, link-local and multicast URLs are
+    # refused unless this is true (tests, or a bot beside the server).
+    webhook_allow_private: bool = setting(False, _bool)
+    # Seconds a delivery may take in all (connect, send, answer) before it is retried.
+    webhook_timeout: float = setting(10.0, _float(0.01, 600))
+    # Retry delays: the first, doubling up to the cap, until the event is this old.
+    webhook_retry_base: float = setting(1.0, _float(0.001, 3600))
+    webhook_retry_max: float = setting(300.0, _float(0.001, 86400))
+    webhook_give_up: float = setting(86400.0, _float(0.01, 30 * 86400))
+    # Seconds between looks for due events (a delivery that succeeds looks again at once).
+    webhook_poll_interval: float = setting(0.5, _float(0.01, 60))
+    # Seconds a claimed event stays this process's; a killed process's claims run out after it.
+    webhook_lease: float = setting(30.0, _float(0.05, 3600))
+    # Deliveries in flight per process (and the HTTP pool's connections).
+    webhook_concurrency: int = setting(32, _int(1, 10000))
+    # The most of a webhook's answer that is read (the rest is ignored).
+    webhook_max_response_bytes: int = setting(65536, _int(1024, 16 * 1024 * 1024))
+    # JWT sign-in (issue 15): HS256 with a shared secret, or RS256/ES256 keys from a JWKS.
+    auth_jwt_secret: str | None = setting(None, _secret)
+    auth_jwt_jwks_url: str | None = setting(None, _url("https", "http"))
+    auth_jwt_issuer: str | None = setting(None, _claim)
+    auth_jwt_audience: str | None = setting(None, _claim)
+    # Seconds the JWKS is kept; an unknown `kid` fetches it again, at most once this often.
+    auth_jwt_jwks_ttl: float = setting(3600.0, _float(1, 86400 * 7))
+    auth_jwt_jwks_refetch: float = setting(30.0, _float(0.01, 86400))
 
     @property
     def production(self) -> bool:
@@ -268,6 +307,12 @@ class Settings:
             raise ConfigError("DB_POOL_MIN must not exceed DB_POOL_MAX")
         if self.login_delay > self.login_delay_max:
             raise ConfigError("LOGIN_DELAY must not exceed LOGIN_DELAY_MAX")
+        if self.webhook_lease <= self.webhook_timeout:
+            raise ConfigError(
+                "WEBHOOK_LEASE must exceed WEBHOOK_TIMEOUT: a claim must outlast its delivery"
+            )
+        if self.auth_jwt_secret and self.auth_jwt_jwks_url:
+            raise ConfigError("set AUTH_JWT_SECRET or AUTH_JWT_JWKS_URL, not both")
         if self.production:
             if not self.database_url:
                 raise ConfigError(

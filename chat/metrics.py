@@ -53,3 +53,23 @@ SEND_LATENCY = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=REGISTRY,
 )
+WEBHOOK_DELIVERIES = Counter(
+    "chat_webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered, retried, failed",
+    ["outcome"],
+    registry=REGISTRY,
+)
+WEBHOOK_LAG = Histogram(
+    "chat_webhook_lag_seconds",
+    "Time from a webhook event being written to its delivery (or failure)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
+    registry=REGISTRY,
+)
+WEBHOOK_OLDEST_PENDING = Gauge(
+    "chat_webhook_oldest_pending_seconds",
+    "Age of the oldest webhook event not yet delivered or failed (all processes)",
+    registry=REGISTRY,
+)
+WEBHOOK_IN_FLIGHT = Gauge(
+    "chat_webhook_in_flight", "Webhook deliveries in flight in this process", registry=REGISTRY
+)

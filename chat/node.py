@@ -25,6 +25,7 @@ from .bots import BotTokens
 from .broker import Backends
 from .budgets import Budgets
 from .config import Settings
+from .deliveries import DeliveryWorker
 from .delivery import Position
 from .errors import ChatError, Close, forbidden, invalid
 from .fanout import Fanout
@@ -45,6 +46,7 @@ from .protocol import (
     Pong,
     PresenceFrame,
     Read,
+    Refresh,
     RemovedFrame,
     Send,
     Typing,
@@ -55,6 +57,7 @@ from .protocol import (
 )
 from .rooms import Rooms
 from .store import Store
+from .webhooks import Webhooks
 
 log = logging.getLogger("chat.node")
 
@@ -86,6 +89,12 @@ class Node:
         self.presence = PresenceTracker(settings, backends.presence, self.fanout, self._spawn)
         self.messages = Messages(settings, store, self.fanout, self.budgets)
         self.rooms = Rooms(settings, store, self.presence, self.blocks, self.removed)
+        # Bots' webhooks: the owner's use cases, and this process's share of the deliveries.
+        self.webhooks = Webhooks(store, settings.webhook_allow_private)
+        self.deliveries = DeliveryWorker(settings, store, self.messages.send)
+        # The connections opened with a JWT, by id: the timer that closes each when its
+        # token expires. They have no session row, so the session re-check skips them.
+        self.expiring: dict[int, asyncio.TimerHandle] = {}
         # Set by `drain` at shutdown: connections are closed and new ones refused.
         self.draining = False
         # Set once draining and the last connection has gone.
@@ -99,14 +108,18 @@ class Node:
         await self.broker.connect(self._on_broker, self._resync_all)
         self._spawn(self._reconcile_loop(), "reconcile")
         self._spawn(self.presence.run(), "presence")
+        self._spawn(self.deliveries.run(), "webhook-deliveries")
 
     async def stop(self) -> None:
         self._close_all()
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.deliveries.close()
         await self.presence.clear()
-        self.accounts.close()
+        for handle in self.expiring.values():
+            handle.cancel()
+        await self.accounts.aclose()
         await self.broker.disconnect()
 
     async def drain(self, timeout: float) -> None:
@@ -145,10 +158,13 @@ class Node:
 
     # -- connections ----------------------------------------------------------
 
-    def attach(self, conn: Connection) -> None:
+    def attach(self, conn: Connection, expires: float | None = None) -> None:
+        """Take a connection in; `expires` (UNIX seconds) for one opened with a JWT."""
         if self.hub.per_user[conn.user.id] >= self.settings.max_connections_per_user:
             raise ChatError("rate_limited", "too many connections for this user")
         self.hub.attach(conn)
+        if expires is not None:
+            self._expire_at(conn, expires)
         metrics.CONNECTIONS.inc()
         if self.draining:
             conn.close(Close.RESTART, "server restarting")  # its hello raced the shutdown
@@ -160,10 +176,15 @@ class Node:
         the session is read again now that a log-out finds it. The caller detaches
         the connection if this raises.
         """
+        if conn.id in self.expiring:
+            return  # a JWT: no session to end, it ends by expiring
         if not await self.store.live_sessions([conn.token_hash]):
             raise ChatError("unauthorized", "this session has ended: log in again")
 
     async def detach(self, conn: Connection) -> None:
+        handle = self.expiring.pop(conn.id, None)
+        if handle is not None:
+            handle.cancel()
         self.hub.detach(conn)
         metrics.CONNECTIONS.dec()
         if self.draining and not self.hub.connections:
@@ -210,8 +231,38 @@ class Node:
                 await conn.put(encode_text(Ok(ref=frame.ref)))
             case Ping():
                 await conn.put(encode_text(Pong(ref=frame.ref)))
+            case Refresh():
+                self._limit(conn, budget.control.take())
+                await self.refresh(conn, frame.token)
+                await conn.put(encode_text(Ok(ref=frame.ref)))
             case _:
                 raise invalid("`hello` was already received")
+
+    # -- JWT expiry ------------------------------------------------------------
+
+    def _expire_at(self, conn: Connection, expires: float) -> None:
+        """Close `conn` with 4001 when its JWT expires (replacing an earlier timer)."""
+        old = self.expiring.pop(conn.id, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, expires - time.time())
+        self.expiring[conn.id] = asyncio.get_running_loop().call_later(delay, self._expired, conn)
+
+    def _expired(self, conn: Connection) -> None:
+        self.expiring.pop(conn.id, None)
+        conn.close(Close.UNAUTHORIZED, "the token expired: sign in again")
+        metrics.CLOSES.labels(str(Close.UNAUTHORIZED)).inc()
+
+    async def refresh(self, conn: Connection, token: str) -> None:
+        """A fresh JWT of the same user moves the socket's expiry to the new token's."""
+        if conn.id not in self.expiring:
+            raise invalid("only a socket opened with a JWT takes `refresh`")
+        identity = await self.accounts.identify(token)
+        if identity.expires is None:
+            raise invalid("`refresh` takes a JWT")
+        if identity.user.id != conn.user.id:
+            raise forbidden("the token is another user's")
+        self._expire_at(conn, identity.expires)
 
     def _limit(self, conn: Connection, allowed: bool) -> None:
         """Refuse a frame its user's budget did not allow; too many refusals close 4008.
@@ -374,7 +425,11 @@ class Node:
             )
             for room, user in sorted(pairs - members):
                 self._kick(room, user)
-        tokens = {conn.token_hash for conn in self.hub.connections.values()}
+        tokens = {
+            conn.token_hash
+            for conn in self.hub.connections.values()
+            if conn.id not in self.expiring  # a JWT's socket ends when the JWT expires
+        }
         if tokens:
             self._close_tokens(tokens - await self.store.live_sessions(sorted(tokens)))
 

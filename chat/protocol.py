@@ -202,8 +202,12 @@ def _checked_fields(cls: type) -> _Fields:
 # Client frames (WebSocket)
 
 
+# A token of up to 4,096 characters: the server's own are 43, an RS256 JWT is ~650.
+Token = Annotated[str, Meta(max_length=4096)]
+
+
 class Hello(Struct, tag="hello", tag_field="type"):
-    token: Annotated[str, Meta(max_length=512)]
+    token: Token
     # Like every client frame: a second `hello` is refused with this ref.
     ref: Ref = None
 
@@ -254,9 +258,27 @@ class Ping(Struct, tag="ping", tag_field="type"):
     ref: Ref = None
 
 
-ClientFrame = Hello | Join | Leave | Send | Edit | Delete | Typing | Read | Ping
+class Refresh(Struct, tag="refresh", tag_field="type"):
+    """A fresh JWT of the same user for a socket opened with a JWT, before the old one expires."""
 
-_CLIENT_TYPES = ("hello", "join", "leave", "send", "edit", "delete", "typing", "read", "ping")
+    token: Token
+    ref: Ref = None
+
+
+ClientFrame = Hello | Join | Leave | Send | Edit | Delete | Typing | Read | Ping | Refresh
+
+_CLIENT_TYPES = (
+    "hello",
+    "join",
+    "leave",
+    "send",
+    "edit",
+    "delete",
+    "typing",
+    "read",
+    "ping",
+    "refresh",
+)
 
 
 class _Envelope(Struct):
@@ -581,3 +603,50 @@ def is_json(data: str | bytes) -> bool:
         except (ValueError, RecursionError):
             return False
     return True
+
+
+# ---------------------------------------------------------------------------
+# Outgoing webhooks (issue 15)
+
+
+class WebhookIn(Struct):
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+
+
+class Webhook(Struct):
+    url: str
+    secret: str
+
+
+class WebhookOut(Struct):
+    webhook: Webhook
+
+
+class Delivery(Struct):
+    id: int
+    room: int
+    message_id: int
+    status: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+
+
+class DeliveriesOut(Struct):
+    deliveries: list[Delivery]
+
+
+class WebhookEvent(Struct):
+    """The body POSTed to a bot's webhook for a message."""
+
+    event: str
+    delivery: int
+    bot: User
+    room: Room
+    message: Message
+
+
+class WebhookAnswer(Struct):
+    """What a webhook may answer: a reply the bot then sends to the room."""
+
+    reply: str | None = None

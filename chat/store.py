@@ -73,6 +73,17 @@ SEARCH_REJECTED: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ProgramLimitExceededError,
     asyncpg.exceptions.DataError,
 )
+Q_SET_WEBHOOK = QUERIES["set_webhook"]
+Q_DELETE_WEBHOOK = QUERIES["delete_webhook"]
+Q_CLAIM_WEBHOOK_EVENTS = QUERIES["claim_webhook_events"]
+Q_WEBHOOK_EVENT_PARTS = QUERIES["webhook_event_parts"]
+Q_FINISH_WEBHOOK_EVENT = QUERIES["finish_webhook_event"]
+Q_RETRY_WEBHOOK_EVENT = QUERIES["retry_webhook_event"]
+Q_RELEASE_WEBHOOK_LEASES = QUERIES["release_webhook_leases"]
+Q_OLDEST_PENDING_WEBHOOK_EVENT = QUERIES["oldest_pending_webhook_event"]
+Q_WEBHOOK_DELIVERIES = QUERIES["webhook_deliveries"]
+Q_IDENTITY_USER = QUERIES["identity_user"]
+Q_CREATE_IDENTITY_USER = QUERIES["create_identity_user"]
 
 # Errors that mean "PostgreSQL is not reachable right now", not "the request is wrong".
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -106,6 +117,43 @@ class Access:
     member: bool
     # A direct-message room: no moderation, and nobody else comes in.
     dm: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEvent:
+    """A webhook event this process claimed: the head of its (bot, room) lane."""
+
+    id: int
+    bot: int
+    room: int
+    message: int
+    # Attempts so far, this one included.
+    attempts: int
+    # Seconds since the event was written.
+    age: float
+
+
+@dataclass(frozen=True, slots=True)
+class EventParts:
+    """What a delivery sends: the webhook (None if removed), the bot and the message."""
+
+    url: str | None
+    secret: str | None
+    bot: User
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """One row of a bot's deliveries list."""
+
+    id: int
+    room: int
+    message_id: int
+    status: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
 
 
 def _user(row: Any, prefix: str = "") -> User:
@@ -512,3 +560,102 @@ class Store:
             except SEARCH_REJECTED:
                 raise invalid("`q` is not a query the database can search for") from None
         return [(message_from_row(r), r["headline"]) for r in rows]
+
+    # -- webhooks (issue 15) ------------------------------------------------
+
+    async def set_webhook(self, bot: int, url: str, secret: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(Q_SET_WEBHOOK, bot, url, secret)
+
+    async def delete_webhook(self, bot: int) -> bool:
+        """Remove the bot's webhook and fail its pending events; False if it had none."""
+        async with self._conn() as conn:
+            return await conn.fetchval(Q_DELETE_WEBHOOK, bot) is not None
+
+    async def claim_webhook_events(
+        self, limit: int, lease: str, seconds: float
+    ) -> list[ClaimedEvent]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(Q_CLAIM_WEBHOOK_EVENTS, limit, seconds, lease)
+        return [
+            ClaimedEvent(
+                r["id"], r["bot_id"], r["room_id"], r["message_id"], r["attempts"], r["age"]
+            )
+            for r in rows
+        ]
+
+    async def webhook_event_parts(self, bot: int, message: int) -> EventParts | None:
+        """None if the bot or the message is gone (deleted with their room or account)."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q_WEBHOOK_EVENT_PARTS, bot, message)
+        if row is None:
+            return None
+        return EventParts(row["url"], row["secret"], _user(row, "bot_"), message_from_row(row))
+
+    async def finish_webhook_event(
+        self, event: int, lease: str, status: str, http: int | None, error: str | None
+    ) -> float | None:
+        """Mark an event delivered or failed; its age in seconds, or None if the lease was lost."""
+        async with self._conn() as conn:
+            age = await conn.fetchval(Q_FINISH_WEBHOOK_EVENT, event, lease, status, http, error)
+        return None if age is None else float(age)
+
+    async def retry_webhook_event(
+        self, event: int, lease: str, delay: float, give_up: float, http: int | None, error: str
+    ) -> str | None:
+        """Schedule the next attempt (or fail the event past `give_up`); the status it is
+        left in, or None if the lease was lost."""
+        async with self._conn() as conn:
+            status = await conn.fetchval(
+                Q_RETRY_WEBHOOK_EVENT, event, lease, delay, give_up, http, error
+            )
+        return None if status is None else str(status)
+
+    async def release_webhook_leases(self, lease: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(Q_RELEASE_WEBHOOK_LEASES, lease)
+
+    async def oldest_pending_webhook_event(self) -> float:
+        """Seconds since the oldest pending event was written (0 when none is pending)."""
+        async with self._conn() as conn:
+            return float(await conn.fetchval(Q_OLDEST_PENDING_WEBHOOK_EVENT))
+
+    async def webhook_deliveries(self, bot: int, limit: int) -> list[DeliveryRow]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(Q_WEBHOOK_DELIVERIES, bot, limit)
+        return [
+            DeliveryRow(
+                r["id"],
+                r["room_id"],
+                r["message_id"],
+                r["status"],
+                r["attempts"],
+                r["last_status"],
+                r["last_error"],
+            )
+            for r in rows
+        ]
+
+    # -- identities (JWT sign-in, issue 15) -----------------------------------
+
+    async def identity_user(self, issuer: str, subject: str) -> User | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q_IDENTITY_USER, issuer, subject)
+        return None if row is None else _user(row)
+
+    async def create_identity_user(self, issuer: str, subject: str, username: str) -> User | None:
+        """A new user for (issuer, subject) named `username`; None if the name is taken.
+
+        If another request made this identity's user meanwhile, that user is returned.
+        """
+        try:
+            async with self._conn() as conn:
+                row = await conn.fetchrow(Q_CREATE_IDENTITY_USER, issuer, subject, username)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "users_username_key":
+                return None
+            found = await self.identity_user(issuer, subject)
+            if found is None:  # pragma: no cover - the row exists since the violation
+                raise
+            return found
+        return _user(row)

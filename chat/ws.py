@@ -146,18 +146,19 @@ async def _hello(websocket: WebSocket, node: Node, settings: Settings) -> Connec
         await _close(websocket, Close.UNAUTHORIZED, "the first frame must be hello")
         return None
     try:
-        user, token_hash = await node.accounts.authenticate(frame.token)
+        identity = await node.accounts.identify(frame.token)
+        user = identity.user
         client = websocket.client
         conn = Connection(
             user,
-            token_hash,
+            identity.token_hash,
             limits=Limits(settings),
             max_frames=settings.outbound_queue_frames,
             max_bytes=settings.outbound_queue_bytes,
             send_timeout=settings.send_timeout,
             remote=f"{client.host}:{client.port}" if client else "",
         )
-        node.attach(conn)
+        node.attach(conn, identity.expires)
         try:
             await node.confirm(conn)
         except BaseException:

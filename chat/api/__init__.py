@@ -6,6 +6,13 @@ its routes to this list.
 
 from __future__ import annotations
 
-from . import accounts, messages, ops, rooms, search
+from . import accounts, messages, ops, rooms, search, webhooks
 
-ROUTES = [*accounts.ROUTES, *rooms.ROUTES, *messages.ROUTES, *search.ROUTES, *ops.ROUTES]
+ROUTES = [
+    *accounts.ROUTES,
+    *webhooks.ROUTES,
+    *rooms.ROUTES,
+    *messages.ROUTES,
+    *search.ROUTES,
+    *ops.ROUTES,
+]

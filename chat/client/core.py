@@ -15,13 +15,17 @@ joined room once and in order.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import itertools
+import json
 import logging
 import random
+import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, Self
 
 import httpx
@@ -41,6 +45,7 @@ from ..protocol import (
     OkJoin,
     Pong,
     Read,
+    Refresh,
     RemovedFrame,
     Send,
     TypingFrame,
@@ -56,8 +61,10 @@ from .http import HttpApi, http_base, log_in, ws_url
 
 log = logging.getLogger("chat.client")
 
-Kind = Literal["join", "leave", "send", "edit", "delete", "read"]
-Request = Send | Edit | Delete | Read | Leave
+Kind = Literal["join", "leave", "send", "edit", "delete", "read", "refresh"]
+Request = Send | Edit | Delete | Read | Leave | Refresh
+# Supplies a fresh JWT of the same user (from the bot's identity provider).
+TokenSource = Callable[[], Awaitable[str]]
 
 # Messages fetched per history request when a room's hole is filled.
 FILL_PAGE = 200
@@ -119,6 +126,22 @@ def _fail(future: asyncio.Future[Any] | None, error: BaseException) -> None:
         future.set_exception(error)
 
 
+def jwt_expiry(token: str) -> float | None:
+    """The `exp` of a JWT (UNIX seconds), read without checking it; None for other tokens.
+
+    The client only schedules its refresh by it: the server is the one that checks.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    exp = payload.get("exp") if isinstance(payload, dict) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
 def _check(body: str) -> str:
     # A body the server must refuse is refused here, before it is retried forever.
     try:
@@ -147,6 +170,8 @@ class ChatClient:
         max_buffer: int = 10_000,
         open_timeout: float = 10.0,
         rng: random.Random | None = None,
+        refresh_token: TokenSource | None = None,
+        refresh_margin: float = 60.0,
     ) -> None:
         if not 0 < backoff_base <= backoff_cap:
             raise ValueError("need 0 < backoff_base <= backoff_cap")
@@ -159,6 +184,10 @@ class ChatClient:
         self.token = token
         # The HTTP API as the same user (history fills use it too).
         self.api = HttpApi(self.url, token)
+        # With a JWT: called for a new one `refresh_margin` seconds before the current one
+        # expires; the socket then sends `refresh`, and reconnects say hello with it.
+        self.refresh_token = refresh_token
+        self.refresh_margin = refresh_margin
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_buffer = max_buffer
@@ -354,6 +383,51 @@ class ChatClient:
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(encode_text(TypingRequest(room=room)))
 
+    async def refresh(self, token: str | None = None) -> None:
+        """Use a new JWT of the same user (`token`, or one from `refresh_token`) from now on.
+
+        The open socket is told with a `refresh` frame, so that the server does not
+        close it when the old token expires; HTTP calls and reconnects use it too.
+        """
+        self._check_open()
+        if token is None:
+            if self.refresh_token is None:
+                raise ClientError("pass a token, or give the client a `refresh_token` callback")
+            token = await self.refresh_token()
+        self.token = token
+        self.api.token = token
+        if self._ws is not None:
+            await self._request("refresh", 0, Refresh(token=token))
+
+    async def _refresher(self, gen: int) -> None:
+        """Refresh the JWT of connection `gen` ahead of its expiry, for as long as it lasts."""
+        failures = 0
+        while self._gen == gen and self.refresh_token is not None:
+            expires = jwt_expiry(self.token)
+            if expires is None:
+                return
+            left = expires - time.time()
+            # Refresh `refresh_margin` early, or halfway for a token shorter-lived than that.
+            await asyncio.sleep(max(0.0, min(left - self.refresh_margin, left / 2)))
+            if self._gen != gen:
+                return
+            try:
+                await self.refresh()
+                failures = 0
+            except (ClientError, OSError, TimeoutError) as exc:
+                log.warning("could not refresh the token: %s", type(exc).__name__)
+                await asyncio.sleep(self._backoff(failures))
+                failures += 1
+
+    async def _fresh_token(self) -> None:
+        """Before a hello: a token that expires within the margin is replaced first."""
+        expires = jwt_expiry(self.token)
+        if self.refresh_token is None or expires is None:
+            return
+        if expires - time.time() <= self.refresh_margin:
+            self.token = await self.refresh_token()
+            self.api.token = self.token
+
     async def _request(self, kind: Kind, room: int, frame: Request | None) -> Any:
         ref = next(self._refs)
         if frame is not None:
@@ -446,6 +520,10 @@ class ChatClient:
                     welcomed, code, reason = await self._session(ws)
                     if welcomed:
                         failures = 0
+                    if code == 4001 and welcomed and self.refresh_token is not None:
+                        # The JWT expired under a working socket: a new one, then reconnect.
+                        log.info("the token expired; reconnecting with a fresh one")
+                        code = 1012
                     if code in FATAL_CLOSES:
                         reason = reason or self._last_error
                         self._stop(ConnectionStopped(code, reason, FATAL_CLOSES[code]))
@@ -464,6 +542,10 @@ class ChatClient:
         """One connection from hello to close: whether it was welcomed, and the close code."""
         welcomed = False
         try:
+            try:
+                await self._fresh_token()
+            except Exception as exc:  # the bot's callback: its failure must not end the client
+                log.warning("the refresh_token callback failed: %s", type(exc).__name__)
             await ws.send(encode_text(Hello(token=self.token)))
             async for data in ws:
                 frame = self._decode(data)
@@ -506,6 +588,8 @@ class ChatClient:
             log.info("reconnected as %s", frame.user.username)
         self._ready.set()
         self._spawn(self._resume(self._gen))
+        if self.refresh_token is not None and jwt_expiry(self.token) is not None:
+            self._spawn(self._refresher(self._gen))
 
     async def _resume(self, gen: int) -> None:
         """Rejoin every room with `since`, then send again every request still waiting."""

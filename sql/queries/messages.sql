@@ -19,6 +19,15 @@ WITH allowed AS (
     UPDATE members SET read_seq = inserted.seq
     FROM inserted
     WHERE members.room_id = $1 AND members.user_id = $2 AND members.read_seq < inserted.seq
+), outbox AS (
+    -- Webhook events (issue 15) for the room's bots with a webhook, the sender excepted,
+    -- written by this statement: stored with the message or not at all.
+    INSERT INTO webhook_events (bot_id, room_id, message_id, seq)
+    SELECT w.bot_id, $1, inserted.id, inserted.seq
+    FROM inserted
+    JOIN members bm ON bm.room_id = $1
+    JOIN webhooks w ON w.bot_id = bm.user_id
+    WHERE w.bot_id <> $2
 )
 SELECT id, seq, created_at FROM inserted;
 
@@ -112,6 +121,15 @@ WITH input AS (
     UPDATE members m SET read_seq = n.seq
     FROM (SELECT room_id, sender_id, max(seq) AS seq FROM numbered GROUP BY room_id, sender_id) n
     WHERE m.room_id = n.room_id AND m.user_id = n.sender_id AND m.read_seq < n.seq
+), outbox AS (
+    -- Webhook events (issue 15), as in insert_message: in the batch's own statement.
+    INSERT INTO webhook_events (bot_id, room_id, message_id, seq)
+    SELECT w.bot_id, n.room_id, ins.id, n.seq
+    FROM numbered n
+    JOIN inserted ins ON ins.room_id = n.room_id AND ins.seq = n.seq
+    JOIN members bm ON bm.room_id = n.room_id
+    JOIN webhooks w ON w.bot_id = bm.user_id
+    WHERE w.bot_id <> n.sender_id
 )
 SELECT n.ord, ins.id, ins.seq, ins.created_at
 FROM numbered n JOIN inserted ins ON ins.room_id = n.room_id AND ins.seq = n.seq;

@@ -116,7 +116,11 @@ function toast(text) {
 function loadSession() {
   try {
     const saved = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null");
-    if (saved && typeof saved.token === "string" && saved.user) return saved;
+    // `user: null` is a token a host page handed over (an identity provider's JWT, see
+    // docs/client-browser.md): the user comes with the WebSocket's `welcome`.
+    if (saved && typeof saved.token === "string" && (saved.user || saved.user === null)) {
+      return saved;
+    }
   } catch {
     /* ignore a damaged entry */
   }
@@ -156,7 +160,7 @@ function showAuth(note) {
 function showApp() {
   $("auth-view").hidden = true;
   $("app-view").hidden = false;
-  $("me-name").textContent = state.me.username;
+  $("me-name").textContent = state.me ? state.me.username : "";
 }
 
 async function onAuthSubmit(event) {
@@ -1235,7 +1239,11 @@ function markRead() {
 async function onWelcome(frame) {
   state.connGen += 1;
   const gen = state.connGen;
-  if (frame.user) state.me = frame.user;
+  if (frame.user) {
+    state.me = frame.user;
+    $("me-name").textContent = frame.user.username;
+    saveSession(state.token, frame.user);
+  }
   const resumed = state.wasDisconnected;
   try {
     await refreshRooms({ join: false });
@@ -1518,6 +1526,21 @@ async function showMessage(roomId, seq) {
   setTimeout(() => entry.el.classList.remove("found"), 2500);
   return true;
 }
+
+// A host page that signs its users in with the team's identity provider hands the
+// client a fresh JWT before the current one expires: `window.chatRefresh(jwt)` (same
+// origin). The open socket sends `refresh`, so the server does not close it; HTTP
+// calls and reconnects use the new token.
+async function refreshToken(token) {
+  if (typeof token !== "string" || !token) throw new TypeError("chatRefresh needs a token");
+  state.token = token;
+  if (state.me) saveSession(token, state.me);
+  if (state.conn) {
+    state.conn.token = token;
+    if (state.conn.ready) await state.conn.request({ type: "refresh", token });
+  }
+}
+window.chatRefresh = refreshToken;
 
 async function boot() {
   wire();
