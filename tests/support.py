@@ -723,6 +723,15 @@ class RedisCluster:
                         return port
         raise AssertionError(f"no live master owns slot {slot}")
 
+    async def promoted(self, dead: int) -> float:
+        """When (monotonic) a live node first lists a master other than `dead` for
+        every slot `dead` held: polled, since the cluster has no event to await."""
+        while True:
+            masters = self.master_ports()
+            if dead not in masters and len(masters) == self.masters:
+                return time.monotonic()
+            await asyncio.sleep(0.05)
+
     def channels(self, port: int, sharded: bool) -> list[str]:
         """`PUBSUB SHARDCHANNELS` (or `PUBSUB CHANNELS`) of one node."""
         out = self.cli(port, "PUBSUB", "SHARDCHANNELS" if sharded else "CHANNELS")

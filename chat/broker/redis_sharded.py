@@ -56,6 +56,10 @@ log = logging.getLogger("chat.broker")
 CANARY_INTERVAL = 5.0
 # Seconds a round of SSUBSCRIBE confirmations may take before its link is given up.
 CONFIRM_TIMEOUT = 5.0
+# Longest pause between two attempts to settle. Lower than the single-Redis
+# broker's 2 s: during a failover each attempt is one slot-map read, and the
+# sooner a promoted replica is seen, the shorter the rooms on that shard wait.
+RETRY_MAX = 0.5
 
 
 class _Link:
@@ -187,7 +191,7 @@ class ShardedRedisBroker(Broker):
                 self.stale = self.missed = True
                 self.dirty.set()
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, RETRY_MAX)
                 continue
             delay = 0.05
             if self.dirty.is_set():
@@ -230,12 +234,13 @@ class ShardedRedisBroker(Broker):
         futures: list[tuple[_Link, asyncio.Future[None]]] = []
         ok = True
         for name, (node, channels) in groups.items():
+            mine: list[tuple[_Link, asyncio.Future[None]]] = []
             try:
                 link = self.links.get(name) or await self._open(node)
                 for channel in channels:
                     future: asyncio.Future[None] = loop.create_future()
                     self.waiting.setdefault(channel, []).append(future)
-                    futures.append((link, future))
+                    mine.append((link, future))
                     self.placed[channel] = link
                     link.channels.add(channel)
                 # One SSUBSCRIBE per slot: Redis refuses one that spans slots (CROSSSLOT).
@@ -246,7 +251,9 @@ class ShardedRedisBroker(Broker):
                     await link.pubsub.ssubscribe(*same)
                 if link.reader is None:
                     link.reader = asyncio.create_task(self._read(link), name=f"redis-link {name}")
+                futures += mine
             except (RedisError, OSError, TimeoutError) as exc:
+                # Its confirmations will not come: not waited for (the link is replaced).
                 log.warning(
                     "redis shard link not opened", extra={"node": name, "error": type(exc).__name__}
                 )
