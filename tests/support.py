@@ -723,6 +723,16 @@ class RedisCluster:
                         return port
         raise AssertionError(f"no live master owns slot {slot}")
 
+    def replica_of(self, master: int) -> int:
+        """The port of a live replica of the master on `master`."""
+        lines = [line.split() for line in self.cli(master, "CLUSTER", "NODES").splitlines()]
+        ids = {f[0]: int(f[1].split("@")[0].rsplit(":", 1)[1]) for f in lines if len(f) > 3}
+        mine = next(f[0] for f in lines if len(f) > 2 and "myself" in f[2])
+        for f in lines:
+            if len(f) > 3 and "slave" in f[2] and f[3] == mine and ids[f[0]] in self.alive():
+                return ids[f[0]]
+        raise AssertionError(f"master {master} has no live replica")
+
     async def promoted(self, dead: int) -> float:
         """When (monotonic) a live node first lists a master other than `dead` for
         every slot `dead` held: polled, since the cluster has no event to await."""

@@ -172,3 +172,41 @@ async def test_master_failover_mid_traffic(
         await ws_b.close()
         await alice.close()
         await bob.close()
+
+
+@pytest.mark.timeout(120)
+async def test_manual_failover_moves_subscriptions(
+    cluster: RedisCluster, pair: tuple[ServerProcess, ServerProcess]
+) -> None:
+    """A graceful failover (`CLUSTER FAILOVER` on the replica): the old master keeps its
+    connections but drops the slot's sharded subscriptions (sunsubscribe); the processes
+    move them to the new master and re-sync; messages keep arriving in order."""
+    a, b = pair
+    alice = await Api.new_user(a.url, "mf")
+    bob = await Api.new_user(b.url, "mf")
+    room = (await alice.create_room("cluster-manual-failover"))["id"]
+    await bob.join(room)
+    ws_b = await Ws.connect(b.ws_url, bob.token)
+    try:
+        await ws_b.join(room)
+        for n in range(5):
+            await alice.post(room, f"before {n}")
+        got = await ws_b.messages(room, 5)
+        channel = f"{a.env['REDIS_PREFIX']}:room:{{{room}}}"
+        old = cluster.owner(channel)
+        new = cluster.replica_of(old)
+        assert "OK" in cluster.cli(new, "CLUSTER", "FAILOVER")
+        # The old master pushed sunsubscribe over a connection that stayed up.
+        await b.wait_for_line("redis shard channel moved", timeout=30)
+        await b.wait_for_line("redis pub/sub reconnected", timeout=30)
+        assert cluster.owner(channel) == new
+        assert channel in cluster.channels(new, sharded=True)
+        assert channel not in cluster.channels(old, sharded=True)
+        for n in range(5):
+            await alice.post(room, f"after {n}")
+        got += await ws_b.messages(room, 5)
+        assert [m["seq"] for m in got] == list(range(1, 11))
+    finally:
+        await ws_b.close()
+        await alice.close()
+        await bob.close()
