@@ -710,10 +710,11 @@ class RedisCluster:
     def owner(self, key: str) -> int:
         """The port of the master that owns `key`'s slot now."""
         slot = int(self.cli(self.alive()[0], "CLUSTER", "KEYSLOT", key).strip())
-        for port in self.master_ports():
+        # Each node's word about itself: another node's view may not know of a failover yet.
+        for port in self.alive():
             for line in self.cli(port, "CLUSTER", "NODES").splitlines():
                 fields = line.split()
-                if "myself" not in fields[2]:
+                if "myself" not in fields[2] or "master" not in fields[2]:
                     continue
                 for spec in fields[8:]:
                     if spec.startswith("["):

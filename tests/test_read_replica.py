@@ -14,9 +14,12 @@ import pytest
 
 from .support import HANG, Api, PrivatePostgres, PrivateReplica, ServerProcess
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None, reason="needs the shared Redis of the test run"
-)
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None, reason="needs the shared Redis of the test run"
+    ),
+]
 
 
 @pytest.fixture

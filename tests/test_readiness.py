@@ -14,6 +14,7 @@ from .support import Api, RedisServer, ServerProcess
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 
 
+@pytest.mark.faults
 @pytest.mark.timeout(60)
 async def test_readyz_fails_while_publications_do_not_deliver(server_env: dict[str, str]) -> None:
     """With Redis's writes paused (PING still answers, PUBLISH waits), /readyz says the

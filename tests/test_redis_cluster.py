@@ -102,6 +102,7 @@ async def test_sharded_fan_out_presence_and_canary(
         await bob.close()
 
 
+@pytest.mark.faults
 @pytest.mark.timeout(120)
 async def test_master_failover_mid_traffic(
     cluster: RedisCluster, pair: tuple[ServerProcess, ServerProcess]
@@ -174,6 +175,7 @@ async def test_master_failover_mid_traffic(
         await bob.close()
 
 
+@pytest.mark.faults
 @pytest.mark.timeout(120)
 async def test_manual_failover_moves_subscriptions(
     cluster: RedisCluster, pair: tuple[ServerProcess, ServerProcess]

@@ -120,6 +120,9 @@ class ShardedRedisBroker(Broker):
         self.confirmed: set[str] = set()
         # Channel -> futures of subscribe() calls waiting for the confirmation.
         self.waiting: dict[str, list[asyncio.Future[None]]] = {}
+        # Channel -> the node that dropped it (pushed sunsubscribe): until the slot map
+        # names another owner, the map is older than the move.
+        self.dropped: dict[str, str] = {}
         # Set when the wanted channels and the placement may differ.
         self.dirty = asyncio.Event()
         # The slot map must be read again before placing channels.
@@ -216,6 +219,14 @@ class ShardedRedisBroker(Broker):
                 await link.close()
         wanted = self.channels | set(self.canaries.values())
         owners = {channel: self._owner(channel) for channel in wanted}
+        for channel, gone_from in list(self.dropped.items()):
+            owner = owners.get(channel)
+            if owner is None:
+                del self.dropped[channel]
+            elif owner.name == gone_from:
+                # A node this map still trusts said the slot left it (read from a
+                # node that has not heard of the failover yet): read the map again.
+                return False
         for channel, link in list(self.placed.items()):
             owner = owners.get(channel)
             if self.links.get(link.name) is not link:
@@ -271,7 +282,10 @@ class ShardedRedisBroker(Broker):
         for channel in list(self.waiting):
             if channel in self.confirmed:
                 self._confirm(channel)
-        return ok and all(link.alive for link in self.links.values())
+        ok = ok and all(link.alive for link in self.links.values())
+        if ok:
+            self.dropped.clear()
+        return ok
 
     async def _learn_topology(self) -> None:
         """Read the slot map again, and pick a canary channel for each master."""
@@ -358,6 +372,7 @@ class ShardedRedisBroker(Broker):
             elif self.placed.get(channel) is link:
                 # The server dropped the subscription: the slot left this node.
                 log.warning("redis shard channel moved", extra={"node": link.name})
+                self.dropped[channel] = link.name
                 self._unplace(channel)
                 self.connected = False
                 self.stale = self.missed = True
