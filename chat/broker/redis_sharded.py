@@ -42,7 +42,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .. import metrics
 from .base import Broker, OnMessage, OnReconnect
@@ -50,6 +50,16 @@ from .canary import Canary
 from .redis import OUTBOX_LIMIT, POOL_SIZE, PUBLISH_BATCH
 
 log = logging.getLogger("chat.broker")
+
+# What a cluster that is away, failing over or half-configured raises. redis-py's
+# RedisClusterException (a slot not covered, no node reachable at all) is not a
+# RedisError, hence the tuple.
+ERRORS: tuple[type[BaseException], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    TimeoutError,
+)
 
 # Seconds between canaries sent in the background (besides those of /readyz), so
 # the canary metrics stay current.
@@ -85,7 +95,7 @@ class _Link:
             self.reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.reader
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*ERRORS):
             await self.pubsub.aclose()
             await self.client.aclose()
 
@@ -183,11 +193,15 @@ class ShardedRedisBroker(Broker):
             self.dirty.clear()
             try:
                 settled = await self._settle()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except ERRORS as exc:
                 if self.connected:
                     log.warning("redis pub/sub link lost", extra={"error": type(exc).__name__})
                 else:
                     log.info("redis pub/sub not settled", extra={"error": repr(exc)[:200]})
+                settled = False
+            except Exception:
+                # Whatever went wrong, this task must keep managing the links.
+                log.exception("redis pub/sub settling failed")
                 settled = False
             if not settled:
                 self.connected = False
@@ -235,7 +249,7 @@ class ShardedRedisBroker(Broker):
                 # No longer wanted, or its slot moved: leave the old node.
                 self._unplace(channel)
                 link.leaving[channel] += 1
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(*ERRORS):
                     await link.pubsub.sunsubscribe(channel)
         groups: dict[str, tuple[ClusterNode, list[str]]] = {}
         for channel, owner in owners.items():
@@ -263,7 +277,7 @@ class ShardedRedisBroker(Broker):
                 if link.reader is None:
                     link.reader = asyncio.create_task(self._read(link), name=f"redis-link {name}")
                 futures += mine
-            except (RedisError, OSError, TimeoutError) as exc:
+            except ERRORS as exc:
                 # Its confirmations will not come: not waited for (the link is replaced).
                 log.warning(
                     "redis shard link not opened", extra={"node": name, "error": type(exc).__name__}
@@ -336,7 +350,7 @@ class ShardedRedisBroker(Broker):
                 msg = await link.pubsub.get_message(timeout=1.0)
                 if msg is not None:
                     self._handle(link, msg)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except ERRORS as exc:
             # MOVED for an SSUBSCRIBE lands here too, as a ResponseError.
             if link.alive:
                 log.warning(
@@ -428,7 +442,7 @@ class ShardedRedisBroker(Broker):
                 for channel, payload in batch:
                     pipe.spublish(channel, payload)
                 await pipe.execute()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except ERRORS as exc:
                 metrics.PUBLISH_FAILURES.inc(len(batch))
                 log.warning(
                     "publish failed", extra={"frames": len(batch), "error": type(exc).__name__}
@@ -441,7 +455,7 @@ class ShardedRedisBroker(Broker):
             return False
         try:
             await asyncio.wait_for(self.cluster.ping(), 2)
-        except (RedisError, OSError, TimeoutError):
+        except ERRORS:
             return False
         return await self.canary.check(list(self.canaries.values()), self.cluster.spublish)
 
