@@ -184,6 +184,19 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+def replay_lag(marks: deque[tuple[float, int]], replayed: int | None, now: float) -> float:
+    """Seconds a replica is behind: the age of the oldest primary WAL position (sampled
+    each second into `marks`, oldest first) it has not replayed yet; 0 when it has
+    replayed them all. Drops the marks it has passed. `replayed` None: not a standby
+    (promoted, or misconfigured), so nothing to wait for."""
+    if replayed is None:
+        marks.clear()
+        return 0.0
+    while marks and marks[0][1] <= replayed:
+        marks.popleft()
+    return now - marks[0][0] if marks else 0.0
+
+
 class Replica:
     """A streaming replica's pool, and whether reads may use it now (lag checked each second).
 
@@ -236,14 +249,7 @@ class Replica:
         except CHECK_ERRORS:
             self.failed()
             return
-        if replayed is None:
-            # Not a standby (promoted, or misconfigured): its data is current or its own.
-            self.marks.clear()
-            self.lag = 0.0
-        else:
-            while self.marks and self.marks[0][1] <= int(replayed):
-                self.marks.popleft()
-            self.lag = now - self.marks[0][0] if self.marks else 0.0
+        self.lag = replay_lag(self.marks, None if replayed is None else int(replayed), now)
         was = self.usable
         self.usable = self.lag <= self.max_lag
         if was != self.usable:

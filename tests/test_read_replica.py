@@ -7,19 +7,20 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+from collections import deque
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
+from chat.store import replay_lag
+
 from .support import HANG, Api, PrivatePostgres, PrivateReplica, ServerProcess
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.skipif(
-        shutil.which("redis-server") is None, reason="needs the shared Redis of the test run"
-    ),
-]
+# The replica tests start a private primary and replica; the server uses the shared Redis.
+needs_redis = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="needs the shared Redis of the test run"
+)
 
 
 @pytest.fixture
@@ -48,6 +49,20 @@ async def replicated(
         await primary.remove()
 
 
+def test_replay_lag_from_wal_marks() -> None:
+    """Lag is the age of the oldest primary position not replayed; an idle primary is no lag."""
+    marks: deque[tuple[float, int]] = deque([(10.0, 100), (11.0, 200), (12.0, 300)])
+    assert replay_lag(marks, 300, 12.5) == 0.0  # caught up with every sample
+    assert not marks
+    marks.extend([(20.0, 300), (21.0, 300), (22.0, 300)])
+    assert replay_lag(marks, 300, 22.0) == 0.0  # nothing written: no lag however old
+    marks.extend([(30.0, 400), (31.0, 500), (32.0, 600)])
+    assert replay_lag(marks, 450, 32.5) == 1.5  # 500, sampled at 31.0, not replayed yet
+    assert [m[1] for m in marks] == [500, 600]
+    assert replay_lag(marks, None, 40.0) == 0.0  # not a standby
+    assert not marks
+
+
 async def metric(api: Api, name: str) -> float:
     """A sample of the server's /metrics (0 if it has none yet)."""
     text = (await api.raw("GET", "/metrics")).text
@@ -71,6 +86,8 @@ async def bodies(api: Api, room: int) -> list[str]:
     return [m["body"] for m in await api.history(room)]
 
 
+@pytest.mark.faults
+@needs_redis
 @pytest.mark.timeout(120)
 async def test_history_from_replica_and_replay_paused(
     replicated: tuple[ServerProcess, PrivateReplica],
@@ -116,6 +133,8 @@ async def test_history_from_replica_and_replay_paused(
         await alice.close()
 
 
+@pytest.mark.faults
+@needs_redis
 @pytest.mark.timeout(120)
 async def test_replica_stopped(replicated: tuple[ServerProcess, PrivateReplica]) -> None:
     """The replica stops: reads go to the primary at once, correct; /readyz stays ready;
