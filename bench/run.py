@@ -6,6 +6,10 @@ creates the accounts and rooms through the HTTP API, starts the generator
 workers (bench/worker.py), runs the open-loop steps, checks every delivery and
 (for our server) PostgreSQL, and writes bench/out/<scenario>-<target>-<time>.json.
 See bench/README.md for the scenarios and options.
+
+`chat-cluster` is our server with `REDIS_CLUSTER=true` on a private 3-master
+Redis Cluster started for the run (bench/servers.py); `cluster` runs the hot
+room (S2) on `chat` and `chat-cluster` in one run, side by side.
 """
 
 from __future__ import annotations
@@ -40,7 +44,16 @@ from bench.common import (
     proc_rss_kib,
     tcp_mem_kib,
 )
-from bench.servers import PROTOCOL, ROOT, TARGETS, WS_PATH, Server, chat_servers, peer_servers
+from bench.servers import (
+    PROTOCOL,
+    ROOT,
+    TARGETS,
+    WS_PATH,
+    BenchCluster,
+    Server,
+    chat_servers,
+    peer_servers,
+)
 
 RESULTS = ROOT / "bench" / "out"
 PASSWORD = "bench-password-1"
@@ -179,15 +192,19 @@ async def postgres_commits() -> int:
         await conn.close()
 
 
-async def redis_cpu() -> float:
+async def redis_cpu(urls: list[str] | None = None) -> float:
+    """CPU seconds used so far by the Redis server(s): every node of a cluster, summed."""
     import redis.asyncio as aioredis
 
-    r = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        info = await r.info("cpu")
-        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-    finally:
-        await r.aclose()
+    total = 0.0
+    for url in urls or [REDIS_URL]:
+        r = aioredis.Redis.from_url(url)
+        try:
+            info = await r.info("cpu")
+            total += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        finally:
+            await r.aclose()
+    return total
 
 
 # -- accounts and rooms through the HTTP API -------------------------------------
@@ -401,16 +418,26 @@ class Run:
         self.samples: list[dict[str, Any]] = []
         self.monitor_task: asyncio.Task[None] | None = None
         self.redis_prefix = f"{PREFIX}{self.run_id}"
+        # Our server (on one Redis, or on a Redis Cluster): accounts, database checks.
+        self.is_chat = target in ("chat", "chat-cluster")
+        # The private Redis Cluster of a `chat-cluster` run.
+        self.cluster: BenchCluster | None = None
 
     # -- set-up -------------------------------------------------------------
 
     async def start_servers(self) -> None:
-        if self.target == "chat":
+        if self.is_chat:
             await reset_database()
             await reset_redis()
             env = dict(kv.split("=", 1) for kv in self.args.server_env)
+            redis_url = REDIS_URL
+            if self.target == "chat-cluster":
+                self.cluster = BenchCluster(masters=3, cpus=self.args.server_cpus)
+                await self.cluster.start()
+                redis_url = self.cluster.url
+                env["REDIS_CLUSTER"] = "true"
             self.servers = chat_servers(
-                db_url(DB_NAME), REDIS_URL, self.redis_prefix, env, self.args.server_cpus
+                db_url(DB_NAME), redis_url, self.redis_prefix, env, self.args.server_cpus
             )
         else:
             self.servers = peer_servers(
@@ -430,7 +457,7 @@ class Run:
     ) -> list[list[Any]]:
         """[url, token, room, sender, slow] for every connection, half of each room per process."""
         n = rooms * members
-        if self.target == "chat":
+        if self.is_chat:
             mode = self.args.accounts or ("signup" if n <= 2500 else "bots")
             t = time.monotonic()
             say(f"  creating {n} accounts ({mode}) and {rooms} rooms ...")
@@ -590,18 +617,26 @@ class Run:
                 }
             )
         await asyncio.sleep(max(0, (t0 - time.monotonic_ns()) / 1e9))
-        cpu0, wcpu0, rcpu0 = self.server_cpu(), self.worker_cpu(), await redis_cpu()
+        cpu0, wcpu0, rcpu0 = (
+            self.server_cpu(),
+            self.worker_cpu(),
+            await redis_cpu(self.cluster.urls if self.cluster else None),
+        )
         busy0, _ = machine_busy()
-        pg_pids = await postgres_pids() if self.target == "chat" else []
+        pg_pids = await postgres_pids() if self.is_chat else []
         pg0 = {pid: proc_cpu_seconds(pid) for pid in pg_pids}
-        commits0 = await postgres_commits() if self.target == "chat" else 0
+        commits0 = await postgres_commits() if self.is_chat else 0
         for w in self.workers:
             await w.expect("step_done", timeout=seconds + 60)
         step_end = t0 + int(seconds * 1e9)
-        cpu1, wcpu1, rcpu1 = self.server_cpu(), self.worker_cpu(), await redis_cpu()
+        cpu1, wcpu1, rcpu1 = (
+            self.server_cpu(),
+            self.worker_cpu(),
+            await redis_cpu(self.cluster.urls if self.cluster else None),
+        )
         busy1, _ = machine_busy()
         pg_cpu = sum(max(0.0, proc_cpu_seconds(pid) - c) for pid, c in pg0.items())
-        commits1 = await postgres_commits() if self.target == "chat" else 0
+        commits1 = await postgres_commits() if self.is_chat else 0
         rss = self.server_rss()
         # Drain: wait for the acks and the deliveries of this step (bounded).
         drain_start = time.monotonic()
@@ -754,6 +789,9 @@ class Run:
             await stop_workers(self.workers)
             for s in self.servers:
                 await s.stop()
+            if self.cluster is not None:
+                self.result["redis_cluster"] = {"masters": len(self.cluster.ports)}
+                self.cluster.stop()
         self.result["samples"] = self.samples
         self.result["finished"] = now_iso()
         return self.result
@@ -922,7 +960,7 @@ class Run:
             "errors": errors,
         }
         last_seq: dict[int, int] = {}
-        if self.target == "chat":
+        if self.is_chat:
             # acked per room = sent - refused - unacked; the database must hold exactly those.
             acked_by_room = {room: n for room, n in sent_by_room.items()}
             refused = sum(errors.values())
@@ -951,7 +989,7 @@ class Run:
                     close_codes[str(code)] = close_codes.get(str(code), 0) + 1
                     continue
                 checked += 1
-                if self.target == "chat":
+                if self.is_chat:
                     expected = last_seq.get(room, 0) - join_seq
                 else:
                     expected = sent_by_room.get(room, 0)
@@ -977,7 +1015,7 @@ class Run:
             and repeated == 0
             and ooo == 0
             and closed == 0
-            and (self.target != "chat" or info["database"]["ok"])
+            and (not self.is_chat or info["database"]["ok"])
         )
         self.result["integrity"] = info
         say(
@@ -1061,7 +1099,11 @@ async def main_async(args: argparse.Namespace) -> int:
         scenario = "S2"
         if args.target == "chat":
             targets = list(TARGETS)
-    if scenario not in ("S0", "S2") and targets != ["chat"]:
+    if scenario == "CLUSTER":
+        # The hot room on one Redis and on a 3-master Redis Cluster, in one run.
+        scenario = "S2"
+        targets = ["chat", "chat-cluster"]
+    if scenario not in ("S0", "S2") and not set(targets) <= {"chat", "chat-cluster"}:
         raise SystemExit("the peers run the idle (S0) and hot-room (S2) scenarios only")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     summary: dict[str, Any] = {
@@ -1114,9 +1156,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scenario", help="S0, S1, S2, S3, S4, or peers (S2 on every target)")
     p.add_argument(
-        "--target", default="chat", help="chat, pysio, node, raw, a comma-separated list, or all"
+        "scenario",
+        help="S0, S1, S2, S3, S4, peers (S2 on every target), or cluster "
+        "(S2 on chat and chat-cluster)",
+    )
+    p.add_argument(
+        "--target",
+        default="chat",
+        help="chat, chat-cluster, pysio, node, raw, a comma-separated list, or all",
     )
     p.add_argument("--repeat", type=int, default=1, help="runs of each target (medians)")
     p.add_argument("--rooms", type=int, help="rooms (scenario default otherwise)")

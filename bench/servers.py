@@ -1,6 +1,8 @@
 """The servers under test: two processes of each target, sharing PostgreSQL and Redis.
 
 - chat:     our server, `python -m chat serve` as the Procfile runs it;
+- chat-cluster: the same with `REDIS_CLUSTER=true` on a private Redis Cluster
+            (`BenchCluster`: 3 masters, no replicas, started for the run);
 - pysio:    python-socketio + AsyncRedisManager under uvicorn (bench/peers/pysio_app.py);
 - node:     Node's socket.io + @socket.io/redis-adapter (bench/peers/node/server.js);
 - raw:      the `websockets` library + redis-py pub/sub, no framework (bench/peers/raw_ws.py).
@@ -17,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +31,16 @@ LOGS = BENCH / "out" / "logs"
 
 TARGETS = ("chat", "pysio", "node", "raw")
 # The wire protocol each target speaks (see bench/worker.py).
-PROTOCOL = {"chat": "chat", "pysio": "socketio", "node": "socketio", "raw": "raw"}
+PROTOCOL = {
+    "chat": "chat",
+    "chat-cluster": "chat",
+    "pysio": "socketio",
+    "node": "socketio",
+    "raw": "raw",
+}
 WS_PATH = {
     "chat": "/ws",
+    "chat-cluster": "/ws",
     "pysio": "/socket.io/?EIO=4&transport=websocket",
     "node": "/socket.io/?EIO=4&transport=websocket",
     "raw": "/",
@@ -109,9 +119,78 @@ def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
         return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+class BenchCluster:
+    """A private Redis Cluster for a run: `masters` redis-server nodes in bench/out/cluster."""
+
+    def __init__(self, masters: int = 3, cpus: str | None = None) -> None:
+        self.ports = [_cluster_port() for _ in range(masters)]
+        self.cpus = cpus
+        self.folder = BENCH / "out" / "cluster"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"redis://127.0.0.1:{p}/0" for p in self.ports]
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._start)
+
+    def _start(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        LOGS.mkdir(parents=True, exist_ok=True)
+        for port in self.ports:
+            argv = [
+                "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                "--save", "", "--appendonly", "no", "--dir", str(self.folder),
+            ]  # fmt: skip
+            self.procs.append(
+                _spawn(_pin(argv, self.cpus), dict(os.environ), LOGS / f"redis-{port}.log")
+            )
+        for port in self.ports:
+            for _ in range(100):
+                ping = subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True)
+                if b"PONG" in ping.stdout:
+                    break
+                time.sleep(0.05)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        for _ in range(200):
+            info = subprocess.run(
+                ["redis-cli", "-p", str(self.ports[0]), "CLUSTER", "INFO"], capture_output=True
+            )
+            if b"cluster_state:ok" in info.stdout:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the bench Redis Cluster did not become ok")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 def _pin(argv: list[str], cpus: str | None) -> list[str]:

@@ -158,6 +158,11 @@ class Settings:
     # Where the server runs and what backs it.
     chat_env: str = setting("development", _environment)
     database_url: str | None = setting(None, _url("postgres", "postgresql"))
+    # A streaming replica for reads that may lag (history pages, and the directory,
+    # search and thread lists through `Store.read`); unset, everything reads the primary.
+    database_read_url: str | None = setting(None, _url("postgres", "postgresql"))
+    # Seconds the replica's replay may be behind the primary before reads bypass it.
+    read_max_lag: float = setting(5.0, _float(0, 3600))
     redis_url: str | None = setting(None, _url("redis", "rediss", "unix"))
     # Prefix of every Redis key and channel, so several services can share one Redis.
     redis_prefix: str = setting("chat", _prefix)

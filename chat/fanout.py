@@ -50,9 +50,12 @@ class Fanout:
         self.origin = origin
         # Channel names start with the configured prefix, so services can share a Redis.
         self.prefix = settings.redis_prefix
+        # On a Redis Cluster the room id is a hash tag: the room's channel and its
+        # presence keys (`PREFIX:presence:{ROOM}`) share a slot, hence a shard.
+        self.tagged = settings.redis_cluster
 
     def channel(self, room: int) -> str:
-        return f"{self.prefix}:room:{room}"
+        return f"{self.prefix}:room:{{{room}}}" if self.tagged else f"{self.prefix}:room:{room}"
 
     # -- publishing ---------------------------------------------------------------
 

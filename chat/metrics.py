@@ -73,3 +73,34 @@ WEBHOOK_OLDEST_PENDING = Gauge(
 WEBHOOK_IN_FLIGHT = Gauge(
     "chat_webhook_in_flight", "Webhook deliveries in flight in this process", registry=REGISTRY
 )
+BROKER_CANARY_OK = Gauge(
+    "chat_broker_canary_ok",
+    "1 if the latest canary came back on every pub/sub link of this process, else 0",
+    registry=REGISTRY,
+)
+BROKER_CANARY_SECONDS = Gauge(
+    "chat_broker_canary_seconds",
+    "Round trip of the latest canary that came back, publish to own subscription",
+    registry=REGISTRY,
+)
+BROKER_CANARY_FAILURES = Counter(
+    "chat_broker_canary_failures",
+    "Canaries that did not come back in time (a pub/sub link that does not deliver)",
+    registry=REGISTRY,
+)
+DB_REPLICA_LAG = Gauge(
+    "chat_db_replica_lag_seconds",
+    "How far the read replica's replay is behind the primary (checked every second)",
+    registry=REGISTRY,
+)
+DB_REPLICA_USABLE = Gauge(
+    "chat_db_replica_usable",
+    "1 while reads may go to the replica (up, and lag within READ_MAX_LAG), else 0",
+    registry=REGISTRY,
+)
+DB_READS = Counter(
+    "chat_db_reads",
+    "Reads that may go to a replica, by where they went (primary or replica)",
+    ["target"],
+    registry=REGISTRY,
+)

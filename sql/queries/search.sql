@@ -18,6 +18,11 @@ SELECT q::text AS query,
        set_config('plan_cache_mode', 'force_custom_plan', true) AS plan_cache_mode
 FROM to_tsquery('simple', $1) AS q;
 
+-- name: search_custom_plan
+-- On the connection that runs search_messages (the read replica's, when in use):
+-- plan it for its own tsquery, as search_prepare does on the primary.
+SELECT set_config('plan_cache_mode', 'force_custom_plan', true);
+
 -- name: search_messages
 -- The newest matches below the message id $3, then their highlights: ts_headline
 -- runs on the page only. It marks matches with U+E000 and U+E001; the body's own
