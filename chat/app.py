@@ -40,20 +40,29 @@ from .limits import AddressLimiter, Limits
 from .node import Node, new_origin
 from .protocol import (
     AddMember,
+    AuditOut,
+    BansOut,
+    DirectoryOut,
     ErrorBody,
     ErrorFrame,
     ErrorOut,
     FrameError,
     Hello,
     LogIn,
+    MemberOut,
+    MembersOut,
     MessageOut,
     MessagesOut,
+    NewBan,
     NewBot,
     NewDm,
     NewMessage,
+    NewMute,
     NewRoom,
     PresenceOut,
+    RoleChange,
     RoomOut,
+    RoomPatch,
     RoomsOut,
     SessionOut,
     SignUp,
@@ -61,6 +70,7 @@ from .protocol import (
     UserOut,
     UsersOut,
     Welcome,
+    check_text,
     decode_body,
     decode_frame,
     encode,
@@ -364,6 +374,106 @@ async def presence(request: Request) -> Response:
     return json_response(PresenceOut(online=online))
 
 
+# -- finding and running rooms (issue 13) ------------------------------------
+
+# The longest directory search: names are at most 100 characters, topics 500.
+MAX_QUERY_CHARS = 500
+
+
+@endpoint
+async def directory(request: Request) -> Response:
+    await current_user(request)
+    q = request.query_params.get("q", "")
+    if len(q) > MAX_QUERY_CHARS:
+        raise invalid(f"`q` must be at most {MAX_QUERY_CHARS} characters")
+    try:
+        check_text(q, "q")
+    except FrameError as exc:
+        raise invalid(str(exc)) from None
+    limit = _query_int(request, "limit", 1, 100) or 50
+    rooms = await _node(request).moderation.directory(q.strip(), limit)
+    return json_response(DirectoryOut(rooms=rooms))
+
+
+@endpoint
+async def update_room(request: Request) -> Response:
+    user, _ = await current_user(request)
+    room_id = _id(request)
+    body: RoomPatch = await read_body(request, RoomPatch)
+    room = await _node(request).moderation.update(user, room_id, body)
+    return json_response(RoomOut(room=room))
+
+
+@endpoint
+async def list_members(request: Request) -> Response:
+    user, _ = await current_user(request)
+    room = _id(request)
+    after = _query_int(request, "after", 0, 2**63 - 1) or 0
+    limit = _query_int(request, "limit", 1, 1000) or 200
+    members = await _node(request).moderation.members(user, room, after, limit)
+    return json_response(MembersOut(members=members))
+
+
+@endpoint
+async def set_role(request: Request) -> Response:
+    user, _ = await current_user(request)
+    room = _id(request)
+    body: RoleChange = await read_body(request, RoleChange)
+    member = await _node(request).moderation.set_role(
+        user, room, request.path_params["username"], body.role
+    )
+    return json_response(MemberOut(member=member))
+
+
+@endpoint
+async def mute(request: Request) -> Response:
+    user, _ = await current_user(request)
+    room = _id(request)
+    body: NewMute = await read_body(request, NewMute)
+    await _node(request).moderation.mute(user, room, body.username, body.seconds)
+    return Response(status_code=204)
+
+
+@endpoint
+async def unmute(request: Request) -> Response:
+    user, _ = await current_user(request)
+    await _node(request).moderation.unmute(user, _id(request), request.path_params["username"])
+    return Response(status_code=204)
+
+
+@endpoint
+async def ban(request: Request) -> Response:
+    user, _ = await current_user(request)
+    room = _id(request)
+    body: NewBan = await read_body(request, NewBan)
+    await _node(request).moderation.ban(user, room, body.username, body.reason)
+    return Response(status_code=204)
+
+
+@endpoint
+async def unban(request: Request) -> Response:
+    user, _ = await current_user(request)
+    await _node(request).moderation.unban(user, _id(request), request.path_params["username"])
+    return Response(status_code=204)
+
+
+@endpoint
+async def list_bans(request: Request) -> Response:
+    user, _ = await current_user(request)
+    room = _id(request)
+    limit = _query_int(request, "limit", 1, 1000) or 200
+    return json_response(BansOut(bans=await _node(request).moderation.bans(user, room, limit)))
+
+
+@endpoint
+async def audit(request: Request) -> Response:
+    user, _ = await current_user(request)
+    room = _id(request)
+    limit = _query_int(request, "limit", 1, 200) or 50
+    entries = await _node(request).moderation.audit(user, room, limit)
+    return json_response(AuditOut(entries=entries))
+
+
 # -- operations ---------------------------------------------------------------
 
 
@@ -640,6 +750,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/blocks/{username}", unblock, methods=["DELETE"]),
         Route("/api/rooms", create_room, methods=["POST"]),
         Route("/api/rooms", list_rooms, methods=["GET"]),
+        # Before /api/rooms/{room_id}/...: "directory" is no room id.
+        Route("/api/rooms/directory", directory, methods=["GET"]),
+        Route("/api/rooms/{room_id}", update_room, methods=["PATCH"]),
+        Route("/api/rooms/{room_id}/members", list_members, methods=["GET"]),
+        Route("/api/rooms/{room_id}/members/{username}/role", set_role, methods=["PUT"]),
+        Route("/api/rooms/{room_id}/mutes", mute, methods=["POST"]),
+        Route("/api/rooms/{room_id}/mutes/{username}", unmute, methods=["DELETE"]),
+        Route("/api/rooms/{room_id}/bans", ban, methods=["POST"]),
+        Route("/api/rooms/{room_id}/bans", list_bans, methods=["GET"]),
+        Route("/api/rooms/{room_id}/bans/{username}", unban, methods=["DELETE"]),
+        Route("/api/rooms/{room_id}/audit", audit, methods=["GET"]),
         Route("/api/rooms/{room_id}/join", join_room, methods=["POST"]),
         Route("/api/rooms/{room_id}/members", add_member, methods=["POST"]),
         Route("/api/rooms/{room_id}/members/{username}", remove_member, methods=["DELETE"]),

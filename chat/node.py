@@ -30,6 +30,7 @@ from .errors import ChatError, Close, forbidden, invalid
 from .fanout import Fanout
 from .hub import Connection, Hub
 from .messages import Messages
+from .moderation import Moderation
 from .presence import PresenceTracker
 from .protocol import (
     ClientFrame,
@@ -86,6 +87,7 @@ class Node:
         self.presence = PresenceTracker(settings, backends.presence, self.fanout, self._spawn)
         self.messages = Messages(settings, store, self.fanout, self.budgets)
         self.rooms = Rooms(settings, store, self.presence, self.blocks, self.removed)
+        self.moderation = Moderation(store, self.fanout, self.rooms, self.removed)
         # Set by `drain` at shutdown: connections are closed and new ones refused.
         self.draining = False
         # Set once draining and the last connection has gone.
