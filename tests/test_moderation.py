@@ -682,3 +682,59 @@ async def test_access_matrix(servers: Servers, server: ServerProcess) -> None:
     finally:
         for api in cast.values():
             await api.close()
+
+
+# -- the SDK ------------------------------------------------------------------------
+
+
+async def test_sdk_runs_a_room(servers: Servers, alice: Api, bob: Api) -> None:
+    """HttpApi's moderation calls return typed values, and ChatClient yields `room_updated`."""
+    from chat.client import ChatClient, HttpApi, RoomUpdatedFrame, ServerError
+
+    a, b = servers
+    owner = HttpApi(a.url, alice.token)
+    member = HttpApi(b.url, bob.token)
+    client = ChatClient(b.ws_url, bob.token)
+    try:
+        tag = secrets.token_hex(4)
+        room = await owner.create_room(f"sdk {tag}")
+        await member.join_room(room.id)
+        await client.__aenter__()
+        await client.join(room.id)
+        updated = await owner.update_room(room.id, topic="typed", slow_mode=5)
+        assert (updated.topic, updated.slow_mode) == ("typed", 5)
+        while not isinstance(
+            event := await asyncio.wait_for(anext(client), HANG), RoomUpdatedFrame
+        ):
+            pass
+        assert event.room.topic == "typed"
+        [found] = await member.directory(tag)
+        assert (found.id, found.member_count) == (room.id, 2)
+        moderator = await owner.set_role(room.id, bob.username, "moderator")
+        assert (moderator.user.id, moderator.role) == (bob.user["id"], "moderator")
+        assert [m.role for m in await member.members(room.id)] == ["owner", "moderator"]
+        await owner.set_role(room.id, bob.username, "member")
+        await owner.mute(room.id, bob.username, 60)
+        with pytest.raises(ServerError) as refused:
+            await member.post(room.id, "muted")
+        assert refused.value.code == "forbidden"
+        await owner.unmute(room.id, bob.username)
+        await owner.ban(room.id, bob.username, "bye")
+        assert [(x.user.id, x.reason) for x in await owner.bans(room.id)] == [
+            (bob.user["id"], "bye")
+        ]
+        await owner.unban(room.id, bob.username)
+        entries = await owner.audit(room.id)
+        assert [e.action for e in entries] == [
+            "unban",
+            "ban",
+            "unmute",
+            "mute",
+            "role",
+            "role",
+            "update",
+        ]
+    finally:
+        await client.__aexit__(None, None, None)
+        await owner.aclose()
+        await member.aclose()

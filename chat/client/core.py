@@ -42,6 +42,7 @@ from ..protocol import (
     Pong,
     Read,
     RemovedFrame,
+    RoomUpdatedFrame,
     Send,
     TypingFrame,
     User,
@@ -553,6 +554,10 @@ class ChatClient:
                 self._on_message(frame)
             case RemovedFrame():
                 if self._forget(frame.room):
+                    self._push(frame)
+            case RoomUpdatedFrame():
+                # Its `room` is the whole room (name, topic, slow mode), not an id.
+                if frame.room.id in self._rooms:
                     self._push(frame)
             case Welcome() | Pong():
                 pass
