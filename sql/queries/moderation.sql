@@ -23,6 +23,10 @@ WHERE NOT r.private AND r.dm_key IS NULL AND (r.name ILIKE $1 OR r.topic ILIKE $
 ORDER BY r.member_count DESC, r.id
 LIMIT $2;
 
+-- name: custom_plans
+-- For the rest of the transaction: plan each statement for its own parameters.
+SET LOCAL plan_cache_mode = force_custom_plan;
+
 -- name: update_room
 -- A null parameter leaves its column as it is; the audit row lists what was asked.
 WITH updated AS (
