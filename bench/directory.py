@@ -32,7 +32,9 @@ ADMIN_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432
 FILL = """
 INSERT INTO users (username, password_hash) VALUES ('bench_owner', 'x'), ('bench_other', 'x');
 INSERT INTO rooms (name, topic, private, created_by, dm_key, member_count)
-SELECT 'room ' || (ARRAY['general','random','python','rust','music','games','news','jobs'])[1 + g % 8]
+SELECT 'room '
+           || (ARRAY['general', 'random', 'python', 'rust',
+                     'music', 'games', 'news', 'jobs'])[1 + g % 8]
            || ' ' || md5(g::text),
        CASE WHEN g % 3 = 0 THEN 'talk about ' || md5((g * 7)::text) ELSE '' END,
        g % 20 = 1,
