@@ -482,7 +482,7 @@ class Store:
     async def insert_one(self, draft: Draft) -> tuple[Message, bool] | None:
         """One send in one statement: (message, created); the first for a repeated client_id.
 
-        None if the sender is not a member.
+        None if the sender is not a member, is muted or is within slow mode.
         """
         room, sender, body, client_id = draft.room, draft.sender, draft.body, draft.client_id
         async with self._conn() as conn:
@@ -500,6 +500,13 @@ class Store:
                     raise
                 return message_from_row(row), False
         if row is None:
+            if client_id is not None:
+                # A retry of a message stored before a mute or within slow mode is
+                # still a retry: it gets the first message back, not a refusal.
+                async with self._conn() as conn:
+                    first = await conn.fetchrow(Q_MESSAGE_BY_CLIENT_ID, room, sender.id, client_id)
+                if first is not None:
+                    return message_from_row(first), False
             return None
         return message_from_row(row, draft), True
 

@@ -475,6 +475,23 @@ async def test_slow_mode_refuses_fast_members_only(servers: Servers, alice: Api,
     assert [m["body"] for m in await alice.history(room)] == ["one", "owner a", "owner b"]
 
 
+async def test_retries_stay_idempotent_under_slow_mode_and_mutes(alice: Api, bob: Api) -> None:
+    """A retried send (same client_id) gets its first message back under slow mode and
+    after a mute, and stores nothing new."""
+    room = (await alice.create_room("retries"))["id"]
+    await bob.join(room)
+    await alice.request("PATCH", f"/api/rooms/{room}", 200, json={"slow_mode": 3600})
+    first = await bob.post(room, "once", client_id="c-1")
+    assert await bob.post(room, "once", client_id="c-1") == first
+    await mute(alice, room, bob.username)
+    assert await bob.post(room, "once", client_id="c-1") == first
+    r = await bob.raw(
+        "POST", f"/api/rooms/{room}/messages", json={"body": "new", "client_id": "c-2"}
+    )
+    assert error(r) == (403, "forbidden")
+    assert [m["id"] for m in await alice.history(room)] == [first["id"]]
+
+
 async def test_slow_mode_holds_under_racing_sends(servers: Servers, alice: Api, bob: Api) -> None:
     """Twenty sends of one member racing on both processes (batched and single inserts)
     store exactly one message under slow mode."""
