@@ -487,12 +487,16 @@ class Store:
         room, sender, body, client_id = draft.room, draft.sender, draft.body, draft.client_id
         async with self._conn() as conn:
             try:
-                # The room's lock before the insert's snapshot: a send or mute committed
-                # while this one waited is seen by the mute and slow-mode checks, so
-                # two racing sends of one member cannot both pass slow mode.
-                async with conn.transaction():
-                    await conn.execute(Q_LOCK_ROOMS, [room])
-                    row = await conn.fetchrow(Q_INSERT_MESSAGE, room, sender.id, body, client_id)
+                row = await conn.fetchrow(Q_INSERT_MESSAGE, room, sender.id, body, client_id)
+                if row is None:
+                    # Refused, or a slow-mode send that lost a race (see the query): run
+                    # it again after the room's lock, whose snapshot sees every send and
+                    # mute committed before, so that the refusal, if any, is final.
+                    async with conn.transaction():
+                        await conn.execute(Q_LOCK_ROOMS, [room])
+                        row = await conn.fetchrow(
+                            Q_INSERT_MESSAGE, room, sender.id, body, client_id
+                        )
             except asyncpg.UniqueViolationError:
                 # A retry or a racing duplicate of the same client_id: return the first.
                 row = await conn.fetchrow(Q_MESSAGE_BY_CLIENT_ID, room, sender.id, client_id)

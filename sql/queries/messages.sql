@@ -5,17 +5,21 @@
 -- Stores nothing for a non-member, a muted member, or a member within slow mode
 -- (access.refuse says which). A duplicate client_id fails the whole statement
 -- (a unique violation), so the seq taken for it is given back with the rollback.
--- store.py takes the room's lock before this statement, so its snapshot includes every
--- send and mute committed before: nothing slips past a mute or slow mode.
+-- A send that starts after a mute committed sees it. Under slow mode, the bump happens
+-- only if no send of the room committed since this statement's snapshot (the row lock's
+-- re-check sees the newest last_seq): of two racing sends of one member, the loser
+-- stores nothing and store.py runs it again under the room's lock, with a snapshot
+-- that sees the winner.
 WITH allowed AS (
-    SELECT 1 FROM members m JOIN rooms r ON r.id = m.room_id
+    SELECT (m.role = 'member' AND r.slow_mode > 0) AS slow, r.last_seq AS seen
+    FROM members m JOIN rooms r ON r.id = m.room_id
     WHERE m.room_id = $1 AND m.user_id = $2
       AND (m.muted_until IS NULL OR m.muted_until <= now())
       AND (m.role <> 'member' OR r.slow_mode = 0 OR m.last_sent_at IS NULL
            OR m.last_sent_at <= now() - make_interval(secs => r.slow_mode))
 ), bumped AS (
     UPDATE rooms SET last_seq = last_seq + 1
-    WHERE id = $1 AND EXISTS (SELECT 1 FROM allowed)
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM allowed a WHERE NOT a.slow OR a.seen = rooms.last_seq)
     RETURNING last_seq
 ), inserted AS (
     INSERT INTO messages (room_id, seq, sender_id, body, client_id)
