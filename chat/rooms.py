@@ -67,6 +67,9 @@ class Rooms:
     async def remove_member(self, user: User, room: int, username: str) -> None:
         found = await access.require(self.store, room, user.id, access.Action.LEAVE)
         target = await self.user(username)
+        if target.id != user.id:
+            # Not theirs to remove: 403 before saying whether the target is a member.
+            access.check(found, access.Action.REMOVE)
         target_role = await self.store.member_role(room, target.id)
         if target_role is None:
             raise not_found(f"{target.username} is not a member of this room")
