@@ -21,7 +21,7 @@ import asyncpg
 
 from . import migrate
 from .config import Settings
-from .errors import ChatError, invalid, unavailable
+from .errors import ChatError, forbidden, invalid, unavailable
 from .protocol import (
     AuditEntry,
     Ban,
@@ -90,6 +90,9 @@ Q_REMOVE_MEMBER_BY = QUERIES["remove_member_by"]
 Q_DELETE_MESSAGE_BY = QUERIES["delete_message_by"]
 Q_AUDIT = QUERIES["audit"]
 Q_CUSTOM_PLANS = QUERIES["custom_plans"]
+
+# Raised by the members trigger (migration 0003) for a banned newcomer.
+SQLSTATE_BANNED = "CHB01"
 
 # Errors that mean "PostgreSQL is not reachable right now", not "the request is wrong".
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -246,6 +249,11 @@ class Store:
             raise invalid(
                 "a value is out of range or holds a character that cannot be stored"
             ) from None
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != SQLSTATE_BANNED:
+                raise
+            # A join or an add that raced a ban and lost (the members trigger refused it).
+            raise forbidden("banned from this room") from None
 
     async def ping(self) -> bool:
         try:

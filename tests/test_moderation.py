@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -351,6 +352,47 @@ async def test_ban_removes_everywhere_and_keeps_out(
         ("ban", {"reason": "spam"}),
     ]
     assert all(e["actor"]["id"] == alice.user["id"] for e in entries)
+
+
+async def test_a_join_racing_a_ban_is_refused(database_url: str, alice: Api, bob: Api) -> None:
+    """A join that read "not banned" before a ban committed, and waited on the room's lock
+    meanwhile, is refused once the ban commits: a banned user never becomes a member."""
+    room = (await alice.create_room("ban race"))["id"]
+    conn = await asyncpg.connect(database_url)
+    try:
+        ban = conn.transaction()
+        await ban.start()
+        # What store.ban does, held open: the room's lock, then the ban row.
+        await conn.execute("SELECT id FROM rooms WHERE id = $1 FOR UPDATE", room)
+        await conn.execute(
+            "INSERT INTO bans (room_id, user_id, by_id) VALUES ($1, $2, $3)",
+            room,
+            bob.user["id"],
+            alice.user["id"],
+        )
+        join = asyncio.create_task(bob.raw("POST", f"/api/rooms/{room}/join"))
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO members%'"
+        )
+        # Another connection: inside a transaction pg_stat_activity is read once.
+        watcher = await asyncpg.connect(database_url)
+        try:
+            for _ in range(int(HANG / 0.02)):
+                if await watcher.fetchval(waiting):
+                    break
+                await asyncio.sleep(0.02)  # polling PostgreSQL's lock table: no event to await
+            else:
+                raise AssertionError("the join never waited on the room's lock")
+        finally:
+            await watcher.close()
+        await ban.commit()
+        assert error(await join) == (403, "forbidden")
+    finally:
+        await conn.close()
+    assert room not in await listed(bob)
+    members = (await alice.request("GET", f"/api/rooms/{room}/members", 200))["members"]
+    assert [m["user"]["id"] for m in members] == [alice.user["id"]]
 
 
 async def test_ban_bad_input_changes_nothing(alice: Api, bob: Api, carol: Api) -> None:

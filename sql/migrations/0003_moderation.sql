@@ -43,10 +43,17 @@ CREATE TRIGGER members_owner BEFORE INSERT ON members
 -- member_count moves by one per row and never recounts. It updates the room row, which
 -- sends lock too: removals take that lock first (store.py), so the order is always
 -- room, then member, as in the sends, and nothing deadlocks.
+-- A newcomer who is banned is refused here, after the room's lock: a ban holds that
+-- lock until it commits, and this check's snapshot is taken after it, so a join or an
+-- add racing a ban cannot slip in (the statements also check bans, but with a snapshot
+-- from before the ban committed). SQLSTATE CHB01: store.py answers it with 403.
 CREATE FUNCTION members_count() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         UPDATE rooms SET member_count = member_count + 1 WHERE id = NEW.room_id;
+        IF EXISTS (SELECT 1 FROM bans WHERE room_id = NEW.room_id AND user_id = NEW.user_id) THEN
+            RAISE EXCEPTION 'banned from room %', NEW.room_id USING ERRCODE = 'CHB01';
+        END IF;
     ELSE
         UPDATE rooms SET member_count = member_count - 1 WHERE id = OLD.room_id;
     END IF;
