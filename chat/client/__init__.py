@@ -12,8 +12,12 @@ this package, so the server never needs `httpx`.
 """
 
 from ..protocol import (
+    AuditEntry,
+    Ban,
     DeletedFrame,
+    DirectoryRoom,
     EditedFrame,
+    Member,
     Message,
     MessageFrame,
     OkJoin,
@@ -33,14 +37,18 @@ from .frames import Event, backoff_delay, decode_server_frame
 from .http import HttpApi, create_bot, create_room, history, log_in, sign_up
 
 __all__ = [
+    "AuditEntry",
+    "Ban",
     "ChatClient",
     "ClientClosed",
     "ClientError",
     "ConnectionStopped",
     "DeletedFrame",
+    "DirectoryRoom",
     "EditedFrame",
     "Event",
     "HttpApi",
+    "Member",
     "Message",
     "MessageFrame",
     "OkJoin",
