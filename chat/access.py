@@ -166,6 +166,13 @@ def check_join(access: Access) -> bool:
     return not access.member
 
 
+def check_added(target: Access) -> None:
+    """Whether someone may be added to the room (read as the target's access): never
+    while banned from it."""
+    if target.banned:
+        raise forbidden("that user is banned from this room")
+
+
 async def refuse(store: Store, room: int, user: int) -> ChatError:
     """Why a send that stored nothing was refused: no such room, not a member, muted
     (`forbidden`), or slow mode (`rate_limited`, with when to retry)."""

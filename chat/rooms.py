@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from . import access
 from .blocks import Blocks
 from .config import Settings
-from .errors import forbidden, invalid, not_found
+from .errors import invalid, not_found
 from .presence import PresenceTracker
 from .protocol import Room, RoomSummary, User
 from .store import Store
@@ -55,9 +55,7 @@ class Rooms:
         await access.require(self.store, room, user.id, access.Action.ADD)
         target = await self.user(username)
         if target.id != user.id:
-            found = await access.room_access(self.store, room, target.id)
-            if found.banned:
-                raise forbidden(f"{target.username} is banned from this room")
+            access.check_added(await access.room_access(self.store, room, target.id))
             await self.blocks.check(user, target)
             await self.store.add_member_by(
                 room, target.id, user.id, MEMBER_ADD_WINDOW, self.adds_per_window
