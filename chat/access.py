@@ -58,20 +58,26 @@ class Rule:
     in_dm: bool = True
     # For outsiders: whether a private room or a ban stops them.
     public_only: bool = False
+    # The refusal in a DM, for an action that does not exist there.
+    dm_refusal: str = "a direct message has no moderation"
 
 
 RULES: dict[Action, Rule] = {
     Action.READ: Rule(MEMBERS, "you are not a member of this room"),
-    Action.JOIN: Rule(
-        MEMBERS | {OUTSIDER}, "", public_only=True
-    ),  # members: a no-op; outsiders: public rooms, unless banned
+    # A member's join is a no-op; an outsider joins a public room, unless banned.
+    Action.JOIN: Rule(MEMBERS | {OUTSIDER}, "", public_only=True),
     Action.SEND: Rule(MEMBERS, "you are not a member of this room", while_muted=False),
     Action.EDIT: Rule(MEMBERS, "you are not a member of this room", while_muted=False),
     Action.DELETE_OWN: Rule(MEMBERS, "you are not a member of this room"),
     Action.DELETE_ANY: Rule(
         STAFF, "only the owner and moderators delete others' messages", in_dm=False
     ),
-    Action.ADD: Rule(MEMBERS, "you are not a member of this room", in_dm=False),
+    Action.ADD: Rule(
+        MEMBERS,
+        "you are not a member of this room",
+        in_dm=False,
+        dm_refusal="a direct message is for its two people: make a room to add others",
+    ),
     Action.LEAVE: Rule(MEMBERS, "you are not a member of this room"),
     Action.REMOVE: Rule(STAFF, "only the owner and moderators remove someone", in_dm=False),
     Action.UPDATE: Rule(STAFF, "only the owner and moderators change the room", in_dm=False),
@@ -106,7 +112,7 @@ def check(access: Access, action: Action) -> None:
     rule = RULES[action]
     role = role_of(access)
     if access.dm and not rule.in_dm:
-        raise forbidden("a direct message has no moderation")
+        raise forbidden(rule.dm_refusal)
     if role == OUTSIDER and rule.public_only:
         if access.banned:
             raise forbidden("you are banned from this room")
