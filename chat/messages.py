@@ -60,10 +60,10 @@ class Messages:
         return message
 
     async def edit(self, user: User, room: int, message_id: int, body: str) -> Message:
-        await access.require_member(self.store, room, user.id)
+        found = await access.require_member(self.store, room, user.id)
         sender, deleted = await self._target(room, message_id)
         if not deleted:
-            access.check_edit(user.id, sender)
+            access.check_edit(found, user.id, sender)
             message = await self.store.edit_message(room, message_id, body)
         if deleted or message is None:  # a tombstone, or it became one meanwhile
             raise ChatError("conflict", "a deleted message cannot be edited")
@@ -74,8 +74,11 @@ class Messages:
     async def delete(self, user: User, room: int, message_id: int) -> None:
         found = await access.require_member(self.store, room, user.id)
         sender, _ = await self._target(room, message_id)
-        access.check_delete(found, user.id, sender)
-        seq = await self.store.delete_message(room, message_id)
+        if access.check_delete(found, user.id, sender):
+            # Someone else's message: a moderation act, audited with the delete.
+            seq = await self.store.delete_message_by(room, user.id, message_id)
+        else:
+            seq = await self.store.delete_message(room, message_id)
         if seq is None:
             raise not_found("no such message in this room")
         text = encode_text(DeletedFrame(room=room, id=message_id, seq=seq))

@@ -31,6 +31,7 @@ from .errors import ChatError, Close, forbidden, invalid
 from .fanout import Fanout
 from .hub import Connection, Hub
 from .messages import Messages
+from .moderation import Moderation
 from .presence import PresenceTracker
 from .protocol import (
     ClientFrame,
@@ -89,6 +90,7 @@ class Node:
         self.presence = PresenceTracker(settings, backends.presence, self.fanout, self._spawn)
         self.messages = Messages(settings, store, self.fanout, self.budgets)
         self.rooms = Rooms(settings, store, self.presence, self.blocks, self.removed)
+        self.moderation = Moderation(store, self.fanout, self.rooms, self.removed)
         # Bots' webhooks: the owner's use cases, and this process's share of the deliveries.
         self.webhooks = Webhooks(store, settings.webhook_allow_private)
         self.deliveries = DeliveryWorker(settings, store, self.messages.send)

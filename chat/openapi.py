@@ -30,6 +30,8 @@ class Operation:
     params: tuple[str, ...] = field(default=())
     # Required text query parameters: (name, max length).
     text: tuple[tuple[str, int], ...] = ()
+    # Optional string query parameters.
+    strings: tuple[str, ...] = ()
 
 
 _ROOM = ("room_id",)
@@ -102,6 +104,90 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get", "/api/rooms", "Your rooms, with unread counts", 200, p.RoomsOut),
     Operation(
         "post", "/api/rooms/{room_id}/join", "Join a public room", 200, p.RoomOut, params=_ROOM
+    ),
+    Operation(
+        "get",
+        "/api/rooms/directory",
+        "Public rooms whose name or topic contains q, most members first",
+        200,
+        p.DirectoryOut,
+        query=(("limit", 1, 100),),
+        strings=("q",),
+    ),
+    Operation(
+        "patch",
+        "/api/rooms/{room_id}",
+        "Change the name, topic or slow mode (owner and moderators)",
+        200,
+        p.RoomOut,
+        p.RoomPatch,
+        params=_ROOM,
+    ),
+    Operation(
+        "get",
+        "/api/rooms/{room_id}/members",
+        "The members and their roles, by user id (keyset: after)",
+        200,
+        p.MembersOut,
+        query=(("after", 0, 2**63 - 1), ("limit", 1, 1000)),
+        params=_ROOM,
+    ),
+    Operation(
+        "put",
+        "/api/rooms/{room_id}/members/{username}/role",
+        "Make a member a moderator or a member again (the owner)",
+        200,
+        p.MemberOut,
+        p.RoleChange,
+        params=("room_id", "username"),
+    ),
+    Operation(
+        "post",
+        "/api/rooms/{room_id}/mutes",
+        "Mute a member for some seconds (owner and moderators)",
+        204,
+        request=p.NewMute,
+        params=_ROOM,
+    ),
+    Operation(
+        "delete",
+        "/api/rooms/{room_id}/mutes/{username}",
+        "End a mute",
+        204,
+        params=("room_id", "username"),
+    ),
+    Operation(
+        "post",
+        "/api/rooms/{room_id}/bans",
+        "Ban someone: removed, and kept out until unbanned (owner and moderators)",
+        204,
+        request=p.NewBan,
+        params=_ROOM,
+    ),
+    Operation(
+        "get",
+        "/api/rooms/{room_id}/bans",
+        "The room's bans, newest first",
+        200,
+        p.BansOut,
+        query=(("limit", 1, 1000),),
+        params=_ROOM,
+    ),
+    Operation(
+        "delete",
+        "/api/rooms/{room_id}/bans/{username}",
+        "Lift a ban",
+        204,
+        params=("room_id", "username"),
+    ),
+    Operation(
+        "get",
+        "/api/rooms/{room_id}/audit",
+        "The room's moderation log, newest first (owner and moderators)",
+        200,
+        p.AuditOut,
+        query=(("limit", 1, 200),),
+        params=_ROOM,
     ),
     Operation(
         "post",
@@ -226,6 +312,10 @@ def document() -> dict[str, Any]:
                 "schema": {"type": "string", "maxLength": longest},
             }
             for name, longest in op.text
+        ]
+        parameters += [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+            for name in op.strings
         ]
         if parameters:
             spec["parameters"] = parameters

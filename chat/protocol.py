@@ -72,6 +72,10 @@ class Room(Struct):
     # The other person of a DM as the caller sees it; None for every other room.
     # Set by the server from the pair's key, so that no client guesses DMs from names.
     dm: User | None = None
+    # Set by the owner and moderators (PATCH /api/rooms/{id}).
+    topic: str = ""
+    # Seconds a `member` waits between two messages of the room; 0 is off.
+    slow_mode: int = 0
 
 
 class RoomSummary(Struct):
@@ -82,6 +86,16 @@ class RoomSummary(Struct):
     last_seq: int
     unread: int
     dm: User | None = None
+    topic: str = ""
+    slow_mode: int = 0
+    # The caller's role in the room: owner, moderator or member.
+    role: str = "member"
+
+
+class DirectoryRoom(Room):
+    """A room of the directory: public, with its size (what it is ordered by)."""
+
+    member_count: int = 0
 
 
 def iso(ts: dt.datetime) -> str:
@@ -419,6 +433,12 @@ class RemovedFrame(Struct, tag="removed", tag_field="type"):
     room: int
 
 
+class RoomUpdatedFrame(Struct, tag="room_updated", tag_field="type"):
+    """A room's name, topic or slow mode changed."""
+
+    room: Room
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -505,6 +525,79 @@ class NewDm(Struct):
 class NewMessage(Struct):
     body: Body
     client_id: ClientId | None = None
+
+
+Role = typing.Literal["owner", "moderator", "member"]
+# Limits of the contract's moderation bodies.
+MAX_TOPIC_CHARS = 500
+MAX_SLOW_MODE = 21600
+MAX_MUTE_SECONDS = 2592000
+Topic = Annotated[str, Meta(max_length=MAX_TOPIC_CHARS)]
+# Usernames in moderation bodies: any text up to 256, so that an unknown one is 404.
+Target = Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class RoomPatch(Struct, forbid_unknown_fields=True):
+    """PATCH /api/rooms/{id}: only the fields given change."""
+
+    name: RoomName | None = None
+    topic: Topic | None = None
+    slow_mode: Annotated[int, Meta(ge=0, le=MAX_SLOW_MODE)] | None = None
+
+
+class RoleChange(Struct):
+    role: typing.Literal["moderator", "member"]
+
+
+class NewMute(Struct):
+    username: Target
+    seconds: Annotated[int, Meta(ge=1, le=MAX_MUTE_SECONDS)]
+
+
+class NewBan(Struct):
+    username: Target
+    reason: Annotated[str, Meta(max_length=500)] = ""
+
+
+class Member(Struct):
+    user: User
+    role: str
+
+
+class Ban(Struct):
+    user: User
+    by: User
+    reason: str
+    ts: str
+
+
+class AuditEntry(Struct):
+    id: int
+    ts: str
+    actor: User
+    action: str
+    target: User | None
+    detail: dict[str, Any]
+
+
+class DirectoryOut(Struct):
+    rooms: list[DirectoryRoom]
+
+
+class MembersOut(Struct):
+    members: list[Member]
+
+
+class MemberOut(Struct):
+    member: Member
+
+
+class BansOut(Struct):
+    bans: list[Ban]
+
+
+class AuditOut(Struct):
+    entries: list[AuditEntry]
 
 
 class UserOut(Struct):

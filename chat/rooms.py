@@ -52,9 +52,10 @@ class Rooms:
         return await self.get(room, user.id)
 
     async def add_member(self, user: User, room: int, username: str) -> Room:
-        access.check_add(await access.require_member(self.store, room, user.id))
-        target = await self._user(username)
+        await access.require(self.store, room, user.id, access.Action.ADD)
+        target = await self.user(username)
         if target.id != user.id:
+            access.check_added(await access.room_access(self.store, room, target.id))
             await self.blocks.check(user, target)
             await self.store.add_member_by(
                 room, target.id, user.id, MEMBER_ADD_WINDOW, self.adds_per_window
@@ -62,15 +63,24 @@ class Rooms:
         return await self.get(room, user.id)
 
     async def remove_member(self, user: User, room: int, username: str) -> None:
-        found = await access.require_member(self.store, room, user.id)
-        target = await self._user(username)
-        access.check_remove(found, user.id, target.id)
-        if not await self.store.remove_member(room, target.id):
+        found = await access.require(self.store, room, user.id, access.Action.LEAVE)
+        target = await self.user(username)
+        if target.id != user.id:
+            # Not theirs to remove: 403 before saying whether the target is a member.
+            access.check(found, access.Action.REMOVE)
+        target_role = await self.store.member_role(room, target.id)
+        if target_role is None:
+            raise not_found(f"{target.username} is not a member of this room")
+        if access.check_remove(found, user.id, target.id, target_role):
+            gone = await self.store.remove_member_by(room, user.id, target.id)
+        else:
+            gone = await self.store.remove_member(room, target.id)
+        if not gone:
             raise not_found(f"{target.username} is not a member of this room")
         await self.removed(room, target.id)
 
     async def dm(self, user: User, username: str) -> Room:
-        other = await self._user(username)
+        other = await self.user(username)
         if other.id == user.id:
             raise invalid("a direct message needs someone else")
         await self.blocks.check(user, other)
@@ -88,7 +98,8 @@ class Rooms:
             raise not_found("no such room")
         return found
 
-    async def _user(self, username: str) -> User:
+    async def user(self, username: str) -> User:
+        """A user by name; `not_found` for an unknown one."""
         target = await self.store.user_by_username(username)
         if target is None:
             raise not_found(f"no user named {username!r}")

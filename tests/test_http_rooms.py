@@ -22,7 +22,7 @@ def error(response: httpx.Response) -> tuple[int, str]:
 
 
 def room_shape(room: dict[str, Any]) -> None:
-    assert set(room) == {"id", "name", "private", "created_by", "dm"}, room
+    assert set(room) == {"id", "name", "private", "created_by", "dm", "topic", "slow_mode"}, room
     assert set(room["created_by"]) == {"id", "username", "bot"}, room
     assert room["dm"] is None or set(room["dm"]) == {"id", "username", "bot"}, room
 
@@ -109,8 +109,20 @@ async def test_list_rooms_shows_only_the_callers_rooms(alice: Api, bob: Api) -> 
     assert mine["id"] in rooms
     assert theirs["id"] not in rooms
     entry = rooms[mine["id"]]
-    assert set(entry) == {"id", "name", "private", "created_by", "dm", "last_seq", "unread"}
-    assert {k: entry[k] for k in ("id", "name", "private", "created_by", "dm")} == mine
+    assert set(entry) == {
+        "id",
+        "name",
+        "private",
+        "created_by",
+        "dm",
+        "topic",
+        "slow_mode",
+        "last_seq",
+        "unread",
+        "role",
+    }
+    shared = ("id", "name", "private", "created_by", "dm", "topic", "slow_mode")
+    assert {k: entry[k] for k in shared} == mine
     assert entry["last_seq"] == 0 and entry["unread"] == 0
 
 

@@ -6,11 +6,12 @@ its routes to this list.
 
 from __future__ import annotations
 
-from . import accounts, messages, ops, rooms, search, webhooks
+from . import accounts, messages, moderation, ops, rooms, search, webhooks
 
 ROUTES = [
     *accounts.ROUTES,
     *webhooks.ROUTES,
+    *moderation.ROUTES,
     *rooms.ROUTES,
     *messages.ROUTES,
     *search.ROUTES,

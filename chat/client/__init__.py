@@ -12,8 +12,12 @@ this package, so the server never needs `httpx`.
 """
 
 from ..protocol import (
+    AuditEntry,
+    Ban,
     DeletedFrame,
+    DirectoryRoom,
     EditedFrame,
+    Member,
     Message,
     MessageFrame,
     OkJoin,
@@ -22,6 +26,7 @@ from ..protocol import (
     RemovedFrame,
     Room,
     RoomSummary,
+    RoomUpdatedFrame,
     SessionOut,
     TypingFrame,
     User,
@@ -33,15 +38,19 @@ from .frames import Event, backoff_delay, decode_server_frame
 from .http import HttpApi, create_bot, create_room, history, log_in, sign_up
 
 __all__ = [
+    "AuditEntry",
+    "Ban",
     "ChatClient",
     "ClientClosed",
     "ClientError",
     "ConnectionStopped",
     "DeletedFrame",
+    "DirectoryRoom",
     "EditedFrame",
     "Event",
     "Hit",
     "HttpApi",
+    "Member",
     "Message",
     "MessageFrame",
     "OkJoin",
@@ -50,6 +59,7 @@ __all__ = [
     "RemovedFrame",
     "Room",
     "RoomSummary",
+    "RoomUpdatedFrame",
     "ServerError",
     "SessionOut",
     "TypingFrame",

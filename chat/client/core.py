@@ -47,6 +47,7 @@ from ..protocol import (
     Read,
     Refresh,
     RemovedFrame,
+    RoomUpdatedFrame,
     Send,
     TypingFrame,
     User,
@@ -637,6 +638,10 @@ class ChatClient:
                 self._on_message(frame)
             case RemovedFrame():
                 if self._forget(frame.room):
+                    self._push(frame)
+            case RoomUpdatedFrame():
+                # Its `room` is the whole room (name, topic, slow mode), not an id.
+                if frame.room.id in self._rooms:
                     self._push(frame)
             case Welcome() | Pong():
                 pass

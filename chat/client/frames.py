@@ -24,6 +24,7 @@ from ..protocol import (
     PresenceDiffFrame,
     PresenceFrame,
     RemovedFrame,
+    RoomUpdatedFrame,
     TypingFrame,
     Welcome,
 )
@@ -56,6 +57,7 @@ Event = (
     | PresenceFrame
     | PresenceDiffFrame
     | RemovedFrame
+    | RoomUpdatedFrame
 )
 
 ServerFrame = Welcome | Ack | Pong | ErrorFrame | Event
@@ -73,6 +75,7 @@ _KNOWN = frozenset(
         "presence",
         "presence_diff",
         "removed",
+        "room_updated",
     }
 )
 

@@ -14,7 +14,16 @@ import httpx
 import msgspec
 
 from ..protocol import (
+    AuditEntry,
+    AuditOut,
+    Ban,
+    BansOut,
+    DirectoryOut,
+    DirectoryRoom,
     ErrorOut,
+    Member,
+    MemberOut,
+    MembersOut,
     Message,
     MessageOut,
     MessagesOut,
@@ -235,6 +244,68 @@ class HttpApi:
             payload["client_id"] = client_id
         out = await self._call(MessageOut, "POST", f"/api/rooms/{room}/messages", json=payload)
         return out.message
+
+    # -- finding and running rooms ---------------------------------------------
+
+    async def directory(self, q: str = "", limit: int = 50) -> list[DirectoryRoom]:
+        """Public rooms whose name or topic contains `q` (any case), most members first."""
+        params: dict[str, int | str] = {"limit": limit}
+        if q:
+            params["q"] = q
+        out = await self._call(DirectoryOut, "GET", "/api/rooms/directory", params=params)
+        return out.rooms
+
+    async def update_room(
+        self,
+        room: int,
+        *,
+        name: str | None = None,
+        topic: str | None = None,
+        slow_mode: int | None = None,
+    ) -> Room:
+        """Change what is given (owner and moderators); joined sockets get `room_updated`."""
+        fields = {"name": name, "topic": topic, "slow_mode": slow_mode}
+        body = {key: value for key, value in fields.items() if value is not None}
+        out = await self._call(RoomOut, "PATCH", f"/api/rooms/{room}", json=body)
+        return out.room
+
+    async def members(self, room: int, *, after: int = 0, limit: int = 200) -> list[Member]:
+        """The room's members and their roles, by user id from `after`."""
+        params: dict[str, int | str] = {"after": after, "limit": limit}
+        out = await self._call(MembersOut, "GET", f"/api/rooms/{room}/members", params=params)
+        return out.members
+
+    async def set_role(self, room: int, username: str, role: str) -> Member:
+        """Make a member a `moderator` or a `member` again (the owner only)."""
+        path = f"/api/rooms/{room}/members/{_seg(username)}/role"
+        out = await self._call(MemberOut, "PUT", path, json={"role": role})
+        return out.member
+
+    async def mute(self, room: int, username: str, seconds: int) -> None:
+        """Refuse a member's sends and edits for `seconds` (1-2,592,000)."""
+        body = {"username": username, "seconds": seconds}
+        await self._request("POST", f"/api/rooms/{room}/mutes", json=body)
+
+    async def unmute(self, room: int, username: str) -> None:
+        await self._request("DELETE", f"/api/rooms/{room}/mutes/{_seg(username)}")
+
+    async def ban(self, room: int, username: str, reason: str = "") -> None:
+        """Remove someone and keep them out until `unban`."""
+        body = {"username": username, "reason": reason}
+        await self._request("POST", f"/api/rooms/{room}/bans", json=body)
+
+    async def unban(self, room: int, username: str) -> None:
+        await self._request("DELETE", f"/api/rooms/{room}/bans/{_seg(username)}")
+
+    async def bans(self, room: int) -> list[Ban]:
+        out = await self._call(BansOut, "GET", f"/api/rooms/{room}/bans")
+        return out.bans
+
+    async def audit(self, room: int, limit: int = 50) -> list[AuditEntry]:
+        """The room's moderation log, newest first (owner and moderators)."""
+        params: dict[str, int | str] = {"limit": limit}
+        out = await self._call(AuditOut, "GET", f"/api/rooms/{room}/audit", params=params)
+        return out.entries
 
 
 # One-shot conveniences: each opens and closes its own connection pool.

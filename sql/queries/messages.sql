@@ -2,13 +2,24 @@
 -- as the insert: gapless, and the row lock makes writers wait only within one room.
 
 -- name: insert_message
--- Stores nothing for a non-member. A duplicate client_id fails the whole statement
+-- Stores nothing for a non-member, a muted member, or a member within slow mode
+-- (access.refuse says which). A duplicate client_id fails the whole statement
 -- (a unique violation), so the seq taken for it is given back with the rollback.
+-- A send that starts after a mute committed sees it. Under slow mode, the bump happens
+-- only if no send of the room committed since this statement's snapshot (the row lock's
+-- re-check sees the newest last_seq): of two racing sends of one member, the loser
+-- stores nothing and store.py runs it again under the room's lock, with a snapshot
+-- that sees the winner.
 WITH allowed AS (
-    SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2
+    SELECT (m.role = 'member' AND r.slow_mode > 0) AS slow, r.last_seq AS seen
+    FROM members m JOIN rooms r ON r.id = m.room_id
+    WHERE m.room_id = $1 AND m.user_id = $2
+      AND (m.muted_until IS NULL OR m.muted_until <= now())
+      AND (m.role <> 'member' OR r.slow_mode = 0 OR m.last_sent_at IS NULL
+           OR m.last_sent_at <= now() - make_interval(secs => r.slow_mode))
 ), bumped AS (
     UPDATE rooms SET last_seq = last_seq + 1
-    WHERE id = $1 AND EXISTS (SELECT 1 FROM allowed)
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM allowed a WHERE NOT a.slow OR a.seen = rooms.last_seq)
     RETURNING last_seq
 ), inserted AS (
     INSERT INTO messages (room_id, seq, sender_id, body, client_id)
@@ -16,9 +27,11 @@ WITH allowed AS (
     RETURNING id, seq, created_at
 ), own_read AS (
     -- A sender has read their own message: it never counts as unread for them.
-    UPDATE members SET read_seq = inserted.seq
+    -- last_sent_at: what slow mode measures the next send against.
+    UPDATE members SET read_seq = greatest(members.read_seq, inserted.seq),
+                       last_sent_at = inserted.created_at
     FROM inserted
-    WHERE members.room_id = $1 AND members.user_id = $2 AND members.read_seq < inserted.seq
+    WHERE members.room_id = $1 AND members.user_id = $2
 ), outbox AS (
     -- Webhook events (issue 15) for the room's bots with a webhook, the sender excepted,
     -- written by this statement: stored with the message or not at all.
@@ -85,7 +98,9 @@ SELECT id FROM rooms WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE;
 -- Group commit: many sends in one statement, each row of a room getting the next seq
 -- in array order. Rows whose sender is not a member, or whose client_id is already
 -- stored or repeated earlier in the batch, are left out: the caller sends those
--- through insert_message, which answers them one by one.
+-- through insert_message, which answers them one by one. Muted senders are left out;
+-- under slow mode a member's first row of the batch at most goes in (the rest are
+-- refused one by one). lock_rooms ran first: this snapshot sees every earlier send.
 WITH input AS (
     SELECT t.room_id, t.sender_id, t.body, t.client_id, t.ord
     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) WITH ORDINALITY
@@ -93,6 +108,12 @@ WITH input AS (
 ), allowed AS (
     SELECT i.* FROM input i
     JOIN members m ON m.room_id = i.room_id AND m.user_id = i.sender_id
+    JOIN rooms r ON r.id = i.room_id
+    WHERE (m.muted_until IS NULL OR m.muted_until <= now())
+      AND (m.role <> 'member' OR r.slow_mode = 0
+           OR ((m.last_sent_at IS NULL OR m.last_sent_at <= now() - make_interval(secs => r.slow_mode))
+               AND i.ord = (SELECT min(j.ord) FROM input j
+                            WHERE j.room_id = i.room_id AND j.sender_id = i.sender_id)))
 ), fresh AS (
     SELECT a.* FROM allowed a
     WHERE a.client_id IS NULL
@@ -118,9 +139,9 @@ WITH input AS (
     RETURNING id, room_id, seq, created_at
 ), own_read AS (
     -- A sender has read their own messages: they never count as unread for them.
-    UPDATE members m SET read_seq = n.seq
+    UPDATE members m SET read_seq = greatest(m.read_seq, n.seq), last_sent_at = now()
     FROM (SELECT room_id, sender_id, max(seq) AS seq FROM numbered GROUP BY room_id, sender_id) n
-    WHERE m.room_id = n.room_id AND m.user_id = n.sender_id AND m.read_seq < n.seq
+    WHERE m.room_id = n.room_id AND m.user_id = n.sender_id
 ), outbox AS (
     -- Webhook events (issue 15), as in insert_message: in the batch's own statement.
     INSERT INTO webhook_events (bot_id, room_id, message_id, seq)

@@ -4,11 +4,12 @@
 WITH r AS (
     INSERT INTO rooms (name, private, created_by)
     VALUES ($1, $2, $3)
-    RETURNING id, name, private
+    RETURNING id, name, private, topic, slow_mode
 ), m AS (
     INSERT INTO members (room_id, user_id) SELECT id, $3 FROM r
 )
-SELECT r.id, r.name, r.private, u.id AS creator_id, u.username AS creator_username, u.bot AS creator_bot,
+SELECT r.id, r.name, r.private, r.topic, r.slow_mode,
+       u.id AS creator_id, u.username AS creator_username, u.bot AS creator_bot,
        NULL::bigint AS dm_id, NULL::text AS dm_username, NULL::boolean AS dm_bot
 FROM r, users u
 WHERE u.id = $3;
@@ -16,7 +17,8 @@ WHERE u.id = $3;
 -- name: room
 -- $2 is the caller: `dm` is the other person of the pair as they see it (null but for a
 -- DM they are one of), read from the room's pair key and never from its name.
-SELECT r.id, r.name, r.private, u.id AS creator_id, u.username AS creator_username, u.bot AS creator_bot,
+SELECT r.id, r.name, r.private, r.topic, r.slow_mode,
+       u.id AS creator_id, u.username AS creator_username, u.bot AS creator_bot,
        p.id AS dm_id, p.username AS dm_username, p.bot AS dm_bot
 FROM rooms r
 JOIN users u ON u.id = r.created_by
@@ -26,14 +28,18 @@ WHERE r.id = $1;
 
 -- name: room_access
 -- Whether the room exists, who made it, whether it is a DM, its newest seq and whether
--- $2 is a member.
+-- $2 is a member; their role, mute, ban and slow-mode state (chat/access.py's inputs).
 SELECT r.private, r.created_by, (r.dm_key IS NOT NULL) AS dm, r.last_seq,
-       (m.user_id IS NOT NULL) AS member
+       (m.user_id IS NOT NULL) AS member, m.role,
+       CASE WHEN m.muted_until > now() THEN m.muted_until END AS muted_until,
+       EXISTS (SELECT 1 FROM bans b WHERE b.room_id = r.id AND b.user_id = $2) AS banned,
+       r.slow_mode, m.last_sent_at, now() AS now
 FROM rooms r LEFT JOIN members m ON m.room_id = r.id AND m.user_id = $2
 WHERE r.id = $1;
 
 -- name: rooms_of_user
-SELECT r.id, r.name, r.private, u.id AS creator_id, u.username AS creator_username, u.bot AS creator_bot,
+SELECT r.id, r.name, r.private, r.topic, r.slow_mode, m.role,
+       u.id AS creator_id, u.username AS creator_username, u.bot AS creator_bot,
        p.id AS dm_id, p.username AS dm_username, p.bot AS dm_bot,
        r.last_seq, greatest(r.last_seq - m.read_seq, 0) AS unread
 FROM members m
@@ -45,10 +51,12 @@ WHERE m.user_id = $1
 ORDER BY r.id;
 
 -- name: add_member
--- Oneself (a join): never capped.
+-- Oneself (a join): never capped; never while banned (checked here too, so a ban
+-- committed after access.py looked still wins).
 -- A newcomer starts with the room read: its history is not news to them.
 INSERT INTO members (room_id, user_id, read_seq)
 SELECT id, $2, last_seq FROM rooms WHERE id = $1
+  AND NOT EXISTS (SELECT 1 FROM bans WHERE room_id = $1 AND user_id = $2)
 ON CONFLICT DO NOTHING;
 
 -- name: lock_target
@@ -74,6 +82,7 @@ WITH pruned AS (
     INSERT INTO members (room_id, user_id, read_seq)
     SELECT r.id, $2, r.last_seq FROM rooms r, recent, already
     WHERE r.id = $1 AND recent.n < $5 AND NOT already.member
+      AND NOT EXISTS (SELECT 1 FROM bans WHERE room_id = $1 AND user_id = $2)
     ON CONFLICT DO NOTHING
     RETURNING room_id
 ), logged AS (

@@ -72,3 +72,29 @@ export const api = {
   },
   presence: (token, id) => request("GET", `/api/rooms/${encodeURIComponent(id)}/presence`, { token }),
 };
+
+// Finding and running rooms (issue 13).
+const roomPath = (id, rest = "") => `/api/rooms/${encodeURIComponent(id)}${rest}`;
+const userPath = (username) => encodeURIComponent(username);
+
+export const moderationApi = {
+  directory: (token, q, limit = 50) => {
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (q) query.set("q", q);
+    return request("GET", `/api/rooms/directory?${query}`, { token });
+  },
+  updateRoom: (token, id, fields) => request("PATCH", roomPath(id), { token, body: fields }),
+  members: (token, id, after = 0) =>
+    request("GET", roomPath(id, `/members?after=${after}&limit=1000`), { token }),
+  setRole: (token, id, username, role) =>
+    request("PUT", roomPath(id, `/members/${userPath(username)}/role`), { token, body: { role } }),
+  mute: (token, id, username, seconds) =>
+    request("POST", roomPath(id, "/mutes"), { token, body: { username, seconds } }),
+  unmute: (token, id, username) =>
+    request("DELETE", roomPath(id, `/mutes/${userPath(username)}`), { token }),
+  ban: (token, id, username, reason) =>
+    request("POST", roomPath(id, "/bans"), { token, body: { username, reason } }),
+  unban: (token, id, username) =>
+    request("DELETE", roomPath(id, `/bans/${userPath(username)}`), { token }),
+  bans: (token, id) => request("GET", roomPath(id, "/bans"), { token }),
+};

@@ -14,6 +14,7 @@ import { ApiError, api } from "./api.js";
 import { Connection, Disconnected, RequestTimeout, websocketUrl } from "./connection.js";
 import { CLOSE } from "./closes.js";
 import { initSearch } from "./search.js";
+import { isStaff, setupModeration } from "./moderation.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -236,6 +237,7 @@ async function enterApp() {
     toast(`Could not load your rooms: ${describeError(err)}`);
   }
   state.conn.start();
+  moderation.loadDirectory().catch(() => {});
   clearInterval(state.refreshTimer);
   state.refreshTimer = setInterval(() => {
     refreshRooms().catch(() => {});
@@ -308,6 +310,10 @@ function newRoom(room) {
     createdBy: room.created_by || null,
     // The other person when the server says this is a DM; null for every other room.
     dm: room.dm || null,
+    topic: typeof room.topic === "string" ? room.topic : "",
+    slowMode: Number(room.slow_mode) || 0,
+    // The caller's role (GET /api/rooms says; a room just created is ours).
+    role: typeof room.role === "string" ? room.role : "member",
     lastSeq: Number(room.last_seq) || 0,
     readSeq: Math.max(0, (Number(room.last_seq) || 0) - (Number(room.unread) || 0)),
     readSentSeq: 0,
@@ -369,6 +375,10 @@ async function refreshRooms({ join = true } = {}) {
       r.private = Boolean(summary.private);
       r.createdBy = summary.created_by || r.createdBy;
       r.dm = summary.dm || null;
+      const roleBefore = r.role;
+      moderation.applyRoom(r, summary);
+      if (isActive(r)) renderRoomHeader();
+      if (r.role !== roleBefore) repaintMessages(r);
       const serverRead = Number(summary.last_seq) - Number(summary.unread);
       r.lastSeq = Math.max(r.lastSeq, Number(summary.last_seq));
       r.readSeq = Math.max(r.readSeq, serverRead);
@@ -527,6 +537,7 @@ function scrollToBottom() {
 }
 
 function closeRoomView() {
+  moderation.closePanel();
   const prev = activeRoom();
   if (prev) prev.list.remove();
   state.activeKey = null;
@@ -556,6 +567,7 @@ function openRoom(k, { focus = false } = {}) {
     prev.list.remove();
   }
   const switching = prev !== r;
+  if (switching) moderation.closePanel();
   state.activeKey = k;
   sessionStorage.setItem(ACTIVE_KEY, k);
   document.body.classList.add("room-open");
@@ -596,6 +608,14 @@ function renderRoomHeader() {
   $("room-tools").hidden = false;
   $("leave-room").textContent = peer ? "Leave conversation" : "Leave room";
   $("add-member-form").hidden = !r.private || Boolean(peer);
+  moderation.renderRoom(r);
+}
+
+// Paint a room's messages again: the caller's role decides their Delete buttons.
+function repaintMessages(r) {
+  for (const entry of r.msgs.values()) {
+    if (entry.el && entry.el.dataset.state === "sent") paintMessage(r, entry.el, entry.m);
+  }
 }
 
 function renderOnline() {
@@ -811,7 +831,8 @@ function paintMessage(r, li, m) {
       edit.setAttribute("aria-label", `Edit ${who}`);
       actions.append(edit);
     }
-    if (isMine(m.sender) || (r.createdBy && isMine(r.createdBy))) {
+    // The owner and moderators delete anyone's message (never in a DM).
+    if (isMine(m.sender) || isStaff(r)) {
       const del = button("Delete", "act delete");
       del.setAttribute(
         "aria-label",
@@ -1307,6 +1328,16 @@ function onFrame(frame) {
         if (isActive(r)) renderTyping();
       }
       break;
+    case "room_updated": {
+      // Its `room` is the whole room, not an id.
+      const updated = frame.room && state.rooms.get(key(frame.room.id));
+      if (updated) {
+        moderation.applyRoom(updated, { ...frame.room, role: undefined });
+        renderRoomItem(updated);
+        if (isActive(updated)) renderRoomHeader();
+      }
+      break;
+    }
     case "removed":
       if (r) removeRoomLocally(r, `You were removed from “${displayName(r)}”.`);
       break;
@@ -1400,7 +1431,7 @@ function hideBanner() {
 
 // -- forms in the sidebar -------------------------------------------------------
 
-function formHandler(form, run) {
+function formHandler(form, run, { keep = false } = {}) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const error = form.querySelector(".form-error");
@@ -1409,7 +1440,7 @@ function formHandler(form, run) {
     submit.disabled = true;
     try {
       await run(form);
-      form.reset();
+      if (!keep) form.reset();
     } catch (err) {
       error.textContent = describeError(err);
     } finally {
@@ -1418,7 +1449,34 @@ function formHandler(form, run) {
   });
 }
 
+const moderation = setupModeration({
+  $,
+  el,
+  button,
+  authed,
+  toast,
+  describeError,
+  formHandler,
+  activeRoom: () => activeRoom(),
+  isMe: (user) => isMine(user),
+  isMember: (id) => state.rooms.has(key(id)),
+  joinById: async (id) => {
+    const data = await authed((token) => api.joinRoom(token, id));
+    await addRoom(data.room);
+  },
+  removeMember: (token, id, username) => api.removeMember(token, id, username),
+  roleChanged: (r) => {
+    if (isActive(r)) renderRoomHeader();
+    repaintMessages(r);
+  },
+  roomChanged: (r) => {
+    renderRoomItem(r);
+    if (isActive(r)) renderRoomHeader();
+  },
+});
+
 function wire() {
+  moderation.wire();
   $("auth-form").addEventListener("submit", onAuthSubmit);
   $("sign-out").addEventListener("click", signOut);
   $("composer").addEventListener("submit", onComposerSubmit);
