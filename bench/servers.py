@@ -16,12 +16,13 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support import cluster_port, free_port
 
 from .common import proc_cpu_seconds, proc_rss_kib
 
@@ -45,12 +46,6 @@ WS_PATH = {
     "node": "/socket.io/?EIO=4&transport=websocket",
     "raw": "/",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -123,7 +118,7 @@ class BenchCluster:
     """A private Redis Cluster for a run: `masters` redis-server nodes in bench/out/cluster."""
 
     def __init__(self, masters: int = 3, cpus: str | None = None) -> None:
-        self.ports = [_cluster_port() for _ in range(masters)]
+        self.ports = [cluster_port() for _ in range(masters)]
         self.cpus = cpus
         self.folder = BENCH / "out" / "cluster"
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -177,20 +172,6 @@ class BenchCluster:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-
-
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
 
 
 def _pin(argv: list[str], cpus: str | None) -> list[str]:

@@ -15,11 +15,9 @@ by `redis_sharded.py` instead, with sharded pub/sub.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import secrets
-from collections import deque
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -30,6 +28,7 @@ from redis.exceptions import RedisError
 from .. import metrics
 from .base import Broker, OnMessage, OnReconnect
 from .canary import Canary
+from .outbox import Outbox
 
 log = logging.getLogger("chat.broker")
 
@@ -38,11 +37,6 @@ log = logging.getLogger("chat.broker")
 # burst of concurrent joins and publishes and never shrinks.
 POOL_SIZE = 16
 POOL_WAIT = 5.0
-# Publications sent together in one pipeline, at most.
-PUBLISH_BATCH = 500
-# Publications held while Redis is slow or away; beyond it the oldest are dropped
-# (the other processes read those messages from PostgreSQL).
-OUTBOX_LIMIT = 100_000
 
 
 class RedisBroker(Broker):
@@ -79,9 +73,8 @@ class RedisBroker(Broker):
         self.task: asyncio.Task[None] | None = None
         # The node's re-sync after the latest reconnect.
         self.resync: asyncio.Future[None] | None = None
-        # Publications waiting for the flusher, oldest first, and the flusher task.
-        self.outbox: deque[tuple[str, bytes]] = deque()
-        self.flusher: asyncio.Future[None] | None = None
+        # Publications on their way, sent in pipelines by one task.
+        self.outbox = Outbox(self.redis, "publish", (RedisError, OSError, TimeoutError))
         # Set once the first subscription round is confirmed.
         self.first_connect = asyncio.Event()
 
@@ -95,11 +88,7 @@ class RedisBroker(Broker):
             log.warning("redis not reachable yet; serving and retrying in the background")
 
     async def disconnect(self) -> None:
-        if self.flusher is not None and not self.flusher.done():
-            # What was published before the shutdown still goes out, if Redis answers.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self.flusher), 2)
-            self.flusher.cancel()
+        await self.outbox.close()
         if self.task is not None:
             self.task.cancel()
             try:
@@ -220,36 +209,8 @@ class RedisBroker(Broker):
                 pass  # the link is down; the reconnect subscribes only what is wanted
 
     async def publish(self, channel: str, payload: bytes) -> None:
-        """Queue a publication; one task sends what has queued up as one pipeline.
-
-        A PUBLISH per frame costs a write and a read per frame; under load the
-        outbox batches them into one round trip, in call order. Nothing waits for
-        Redis here: a publication lost with the link is read from PostgreSQL by
-        the other processes (reconcile, or re-sync after their reconnect).
-        """
-        if len(self.outbox) >= OUTBOX_LIMIT:
-            self.outbox.popleft()
-            metrics.PUBLISH_FAILURES.inc()
-        self.outbox.append((channel, payload))
-        if self.flusher is None or self.flusher.done():
-            self.flusher = asyncio.ensure_future(self._flush_outbox())
-
-    async def _flush_outbox(self) -> None:
-        while self.outbox:
-            batch = [self.outbox.popleft() for _ in range(min(len(self.outbox), PUBLISH_BATCH))]
-            try:
-                if len(batch) == 1:
-                    await self.redis.publish(*batch[0])
-                    continue
-                pipe = self.redis.pipeline(transaction=False)
-                for channel, payload in batch:
-                    pipe.publish(channel, payload)
-                await pipe.execute()
-            except (RedisError, OSError, TimeoutError) as exc:
-                metrics.PUBLISH_FAILURES.inc(len(batch))
-                log.warning(
-                    "publish failed", extra={"frames": len(batch), "error": type(exc).__name__}
-                )
+        """Queue a publication (`outbox.py`): nothing waits for Redis here."""
+        self.outbox.put(channel, payload)
 
     async def ping(self) -> bool:
         """Redis answers, and a canary published now comes back on this process's link."""

@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import Counter, deque
+from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -47,7 +47,8 @@ from redis.exceptions import RedisClusterException, RedisError
 from .. import metrics
 from .base import Broker, OnMessage, OnReconnect
 from .canary import Canary
-from .redis import OUTBOX_LIMIT, POOL_SIZE, PUBLISH_BATCH
+from .outbox import Outbox
+from .redis import POOL_SIZE
 
 log = logging.getLogger("chat.broker")
 
@@ -146,9 +147,8 @@ class ShardedRedisBroker(Broker):
         self.task: asyncio.Task[None] | None = None
         self.canary_task: asyncio.Task[None] | None = None
         self.resync: asyncio.Future[None] | None = None
-        # Publications waiting for the flusher, oldest first, and the flusher task.
-        self.outbox: deque[tuple[str, bytes]] = deque()
-        self.flusher: asyncio.Future[None] | None = None
+        # Publications on their way, sent in pipelines by one task.
+        self.outbox = Outbox(self.cluster, "spublish", ERRORS)
         # Set once every wanted channel was first confirmed.
         self.first_connect = asyncio.Event()
 
@@ -166,10 +166,7 @@ class ShardedRedisBroker(Broker):
             log.warning("redis cluster not reachable yet; serving and retrying in the background")
 
     async def disconnect(self) -> None:
-        if self.flusher is not None and not self.flusher.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self.flusher), 2)
-            self.flusher.cancel()
+        await self.outbox.close()
         for task in (self.canary_task, self.task):
             if task is not None:
                 task.cancel()
@@ -419,34 +416,8 @@ class ShardedRedisBroker(Broker):
         self.dirty.set()
 
     async def publish(self, channel: str, payload: bytes) -> None:
-        """Queue a publication; one task sends what has queued up, pipelined per shard.
-
-        Nothing waits for Redis here: a publication lost with a shard is read from
-        PostgreSQL by the other processes (reconcile, or re-sync after the move).
-        """
-        if len(self.outbox) >= OUTBOX_LIMIT:
-            self.outbox.popleft()
-            metrics.PUBLISH_FAILURES.inc()
-        self.outbox.append((channel, payload))
-        if self.flusher is None or self.flusher.done():
-            self.flusher = asyncio.ensure_future(self._flush_outbox())
-
-    async def _flush_outbox(self) -> None:
-        while self.outbox:
-            batch = [self.outbox.popleft() for _ in range(min(len(self.outbox), PUBLISH_BATCH))]
-            try:
-                if len(batch) == 1:
-                    await self.cluster.spublish(*batch[0])
-                    continue
-                pipe = self.cluster.pipeline(transaction=False)
-                for channel, payload in batch:
-                    pipe.spublish(channel, payload)
-                await pipe.execute()
-            except ERRORS as exc:
-                metrics.PUBLISH_FAILURES.inc(len(batch))
-                log.warning(
-                    "publish failed", extra={"frames": len(batch), "error": type(exc).__name__}
-                )
+        """Queue a publication (`outbox.py`): nothing waits for Redis here."""
+        self.outbox.put(channel, payload)
 
     async def ping(self) -> bool:
         """The commands answer, and a canary came back on every link (one per master)."""
