@@ -36,6 +36,7 @@ from .errors import ChatError, forbidden, invalid, not_found, unavailable
 from .protocol import (
     AuditEntry,
     Ban,
+    Delivery,
     DirectoryRoom,
     Member,
     Message,
@@ -210,19 +211,6 @@ class EventParts:
     secret: str | None
     bot: User
     message: Message
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRow:
-    """One row of a bot's deliveries list."""
-
-    id: int
-    room: int
-    message_id: int
-    status: str
-    attempts: int
-    last_status: int | None
-    last_error: str | None
 
 
 def _user(row: Any, prefix: str = "") -> User:
@@ -877,18 +865,18 @@ class Store:
         async with self._conn() as conn:
             return float(await conn.fetchval(Q_OLDEST_PENDING_WEBHOOK_EVENT))
 
-    async def webhook_deliveries(self, bot: int, limit: int) -> list[DeliveryRow]:
+    async def webhook_deliveries(self, bot: int, limit: int) -> list[Delivery]:
         async with self._conn() as conn:
             rows = await conn.fetch(Q_WEBHOOK_DELIVERIES, bot, limit)
         return [
-            DeliveryRow(
-                r["id"],
-                r["room_id"],
-                r["message_id"],
-                r["status"],
-                r["attempts"],
-                r["last_status"],
-                r["last_error"],
+            Delivery(
+                id=r["id"],
+                room=r["room_id"],
+                message_id=r["message_id"],
+                status=r["status"],
+                attempts=r["attempts"],
+                last_status=r["last_status"],
+                last_error=r["last_error"],
             )
             for r in rows
         ]

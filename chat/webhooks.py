@@ -137,16 +137,4 @@ class Webhooks:
 
     async def deliveries(self, owner: User, username: str, limit: int) -> list[Delivery]:
         bot = await self._owned_bot(owner, username)
-        rows = await self.store.webhook_deliveries(bot.id, limit)
-        return [
-            Delivery(
-                id=r.id,
-                room=r.room,
-                message_id=r.message_id,
-                status=r.status,
-                attempts=r.attempts,
-                last_status=r.last_status,
-                last_error=r.last_error,
-            )
-            for r in rows
-        ]
+        return await self.store.webhook_deliveries(bot.id, limit)
