@@ -916,17 +916,24 @@ class Store:
             return await conn.fetchrow(query, *args)
 
     async def directory(self, pattern: str | None, limit: int) -> list[DirectoryRoom]:
-        """Public rooms, most members first; `pattern` an ILIKE pattern, or None for all."""
-        async with self._conn() as conn:
+        """Public rooms, most members first; `pattern` an ILIKE pattern, or None for all.
+
+        From the read replica while it is usable: the directory may lag by READ_MAX_LAG.
+        """
+
+        async def page(conn: Any) -> list[Any]:
             if pattern is None:
-                rows = await conn.fetch(Q_DIRECTORY, limit)
-            else:
-                # A custom plan per pattern: the cached generic plan cannot see how rare
-                # the pattern is and walks rooms_directory_idx for every q, 300 ms on
-                # 100,000 rooms for a q that matches nothing (bench/directory.py).
-                async with conn.transaction():
-                    await conn.execute(Q_CUSTOM_PLANS)
-                    rows = await conn.fetch(Q_DIRECTORY_SEARCH, pattern, limit)
+                found: list[Any] = await conn.fetch(Q_DIRECTORY, limit)
+                return found
+            # A custom plan per pattern: the cached generic plan cannot see how rare
+            # the pattern is and walks rooms_directory_idx for every q, 300 ms on
+            # 100,000 rooms for a q that matches nothing (bench/directory.py).
+            async with conn.transaction():
+                await conn.execute(Q_CUSTOM_PLANS)
+                found = await conn.fetch(Q_DIRECTORY_SEARCH, pattern, limit)
+            return found
+
+        rows = await self.read(page)
         return [
             DirectoryRoom(
                 id=r["id"],

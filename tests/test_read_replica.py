@@ -163,3 +163,37 @@ async def test_replica_stopped(replicated: tuple[ServerProcess, PrivateReplica])
         assert await metric(alice, REPLICA_READS) == served + 1
     finally:
         await alice.close()
+
+
+@pytest.mark.faults
+@needs_redis
+@pytest.mark.timeout(120)
+async def test_search_and_directory_read_the_replica(
+    replicated: tuple[ServerProcess, PrivateReplica],
+) -> None:
+    """Search matches and the directory come from the replica; search's rooms (membership
+    as of now) from the primary, so a member removed a moment ago finds nothing."""
+    server, _ = replicated
+    alice = await Api.new_user(server.url, "srep")
+    bob = await Api.new_user(server.url, "srep")
+    try:
+        room = (await alice.create_room("replicated kingfisher"))["id"]
+        await bob.join(room)
+        await alice.post(room, "the kingfisher dives")
+        await until(alice, USABLE, 1)
+        before = await metric(alice, REPLICA_READS)
+        async with asyncio.timeout(HANG):  # until the replica has replayed the message
+            query = {"q": "kingfisher"}
+            while not (await bob.request("GET", "/api/search", 200, params=query))["messages"]:
+                await asyncio.sleep(0.05)  # polling: the replica's replay has no event
+        hits = await bob.request("GET", "/api/search", 200, params={"q": "kingfisher"})
+        assert [m["body"] for m in hits["messages"]] == ["the kingfisher dives"]
+        found = await bob.request("GET", "/api/rooms/directory", 200, params={"q": "kingfisher"})
+        assert [r["id"] for r in found["rooms"]] == [room]
+        assert await metric(alice, REPLICA_READS) >= before + 3
+        await bob.request("DELETE", f"/api/rooms/{room}/members/{bob.username}", 204)
+        hits = await bob.request("GET", "/api/search", 200, params={"q": "kingfisher"})
+        assert hits["messages"] == []
+    finally:
+        await alice.close()
+        await bob.close()
