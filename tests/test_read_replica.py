@@ -184,7 +184,7 @@ async def test_search_and_directory_read_the_replica(
         before = await metric(alice, REPLICA_READS)
         async with asyncio.timeout(HANG):  # until the replica has replayed the message
             query = {"q": "kingfisher"}
-            while not (await bob.request("GET", "/api/search", 200, params=query))["messages"]:
+            while not (await bob.request("GET", "/api/search", 200, params=query))["messages"]:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)  # polling: the replica's replay has no event
         hits = await bob.request("GET", "/api/search", 200, params={"q": "kingfisher"})
         assert [m["body"] for m in hits["messages"]] == ["the kingfisher dives"]
