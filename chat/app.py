@@ -39,6 +39,7 @@ from .hub import Connection
 from .limits import AddressLimiter, Limits
 from .node import Node, new_origin
 from .protocol import (
+    MAX_ID,
     AddMember,
     ErrorBody,
     ErrorFrame,
@@ -53,14 +54,17 @@ from .protocol import (
     NewMessage,
     NewRoom,
     PresenceOut,
+    ReactionsOut,
     RoomOut,
     RoomsOut,
     SessionOut,
     SignUp,
+    ThreadsOut,
     User,
     UserOut,
     UsersOut,
     Welcome,
+    as_id,
     decode_body,
     decode_frame,
     encode,
@@ -166,11 +170,11 @@ async def current_user(request: Request) -> tuple[User, bytes]:
     return await _node(request).accounts.authenticate(_bearer(request))
 
 
-def _id(request: Request, name: str = "room_id") -> int:
+def _id(request: Request, name: str = "room_id", missing: str = "no such room") -> int:
     raw = request.path_params[name]
     # isascii: superscripts and other scripts' digits pass str.isdigit, but are no room ids.
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or raw.startswith("0"):
-        raise ChatError("not_found", "no such room")
+        raise ChatError("not_found", missing)
     return int(raw)
 
 
@@ -344,7 +348,12 @@ async def history(request: Request) -> Response:
     before = _query_int(request, "before", 0, 2**62)
     after = _query_int(request, "after", 0, 2**62)
     limit = _query_int(request, "limit", 1, 200) or 50
-    messages = await _node(request).messages.history(user, room, before, after, limit)
+    thread = _query_int(request, "thread", 1, MAX_ID)
+    node = _node(request)
+    if thread is not None:
+        messages = await node.threads.history(user, room, thread, before, after, limit)
+    else:
+        messages = await node.messages.history(user, room, before, after, limit)
     return json_response(MessagesOut(messages=messages))
 
 
@@ -353,8 +362,48 @@ async def post_message(request: Request) -> Response:
     user, _ = await current_user(request)
     room = _id(request)
     body: NewMessage = await read_body(request, NewMessage)
-    message = await _node(request).messages.post(user, room, body.body, body.client_id)
+    thread = None if body.thread is None else as_id(body.thread)
+    message = await _node(request).messages.post(user, room, body.body, body.client_id, thread)
     return json_response(MessageOut(message=message), 201)
+
+
+async def _react(request: Request, *, add: bool) -> Response:
+    user, _ = await current_user(request)
+    room = _id(request)
+    message = _id(request, "message_id", "no such message")
+    node = _node(request)
+    # Reactions spend the same per-user budget as sends.
+    if not node.budgets.of(user.id).sends.take():
+        raise ChatError("rate_limited", "too many sends: slow down")
+    emoji = request.path_params["emoji"]
+    reactions = await node.reactions.change(user, room, message, emoji, add=add)
+    return json_response(ReactionsOut(reactions=reactions))
+
+
+@endpoint
+async def put_reaction(request: Request) -> Response:
+    return await _react(request, add=True)
+
+
+@endpoint
+async def delete_reaction(request: Request) -> Response:
+    return await _react(request, add=False)
+
+
+@endpoint
+async def list_threads(request: Request) -> Response:
+    user, _ = await current_user(request)
+    limit = _query_int(request, "limit", 1, 100) or 20
+    return json_response(ThreadsOut(threads=await _node(request).threads.followed(user, limit)))
+
+
+@endpoint
+async def list_mentions(request: Request) -> Response:
+    user, _ = await current_user(request)
+    before = _query_int(request, "before", 1, MAX_ID) or MAX_ID
+    limit = _query_int(request, "limit", 1, 100) or 20
+    messages = await _node(request).store.mentions_of_user(user.id, before, limit)
+    return json_response(MessagesOut(messages=messages))
 
 
 @endpoint
@@ -647,6 +696,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/rooms/{room_id}/messages", history, methods=["GET"]),
         Route("/api/rooms/{room_id}/messages", post_message, methods=["POST"]),
         Route("/api/rooms/{room_id}/presence", presence, methods=["GET"]),
+        Route(
+            "/api/rooms/{room_id}/messages/{message_id}/reactions/{emoji:path}",
+            put_reaction,
+            methods=["PUT"],
+        ),
+        Route(
+            "/api/rooms/{room_id}/messages/{message_id}/reactions/{emoji:path}",
+            delete_reaction,
+            methods=["DELETE"],
+        ),
+        Route("/api/threads", list_threads, methods=["GET"]),
+        Route("/api/mentions", list_mentions, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),

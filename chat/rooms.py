@@ -12,6 +12,7 @@ from . import access
 from .blocks import Blocks
 from .config import Settings
 from .errors import invalid, not_found
+from .notify import Personal
 from .presence import PresenceTracker
 from .protocol import Room, RoomSummary, User
 from .store import Store
@@ -32,8 +33,11 @@ class Rooms:
         presence: PresenceTracker,
         blocks: Blocks,
         removed: Removed,
+        personal: Personal,
     ) -> None:
         self.store = store
+        # `room_added` goes to every socket of whoever becomes a member, on any process.
+        self.personal = personal
         self.presence = presence
         self.blocks = blocks
         self.removed = removed
@@ -41,24 +45,40 @@ class Rooms:
         self.adds_per_window = settings.member_adds_per_hour
 
     async def create(self, user: User, name: str, private: bool) -> Room:
-        return await self.store.create_room(name, private, user.id)
+        room = await self.store.create_room(name, private, user.id)
+        await self.personal.room_added({user.id: room})
+        return room
 
     async def of_user(self, user: User) -> list[RoomSummary]:
-        return await self.store.rooms_of_user(user.id)
+        rooms = await self.store.rooms_of_user(user.id)
+        counts = await self.store.mention_counts(user.id)
+        for room in rooms:
+            room.mentions = counts.get(room.id, 0)
+        return rooms
 
     async def join(self, user: User, room: int) -> Room:
-        if access.check_join(await access.room_access(self.store, room, user.id)):
+        joined = access.check_join(await access.room_access(self.store, room, user.id))
+        if joined:
             await self.store.add_member(room, user.id)
-        return await self.get(room, user.id)
+        found = await self.get(room, user.id)
+        if joined:
+            await self.personal.room_added({user.id: found})
+        return found
+
+    async def added(self, room: int, users: list[int]) -> None:
+        """Tell `users`, who just became members of `room`, on every socket they have."""
+        if users:
+            await self.personal.room_added({u: await self.get(room, u) for u in users})
 
     async def add_member(self, user: User, room: int, username: str) -> Room:
         access.check_add(await access.require_member(self.store, room, user.id))
         target = await self._user(username)
         if target.id != user.id:
             await self.blocks.check(user, target)
-            await self.store.add_member_by(
+            if await self.store.add_member_by(
                 room, target.id, user.id, MEMBER_ADD_WINDOW, self.adds_per_window
-            )
+            ):
+                await self.added(room, [target.id])
         return await self.get(room, user.id)
 
     async def remove_member(self, user: User, room: int, username: str) -> None:
@@ -74,7 +94,8 @@ class Rooms:
         if other.id == user.id:
             raise invalid("a direct message needs someone else")
         await self.blocks.check(user, other)
-        room = await self.store.dm_room(user, other, MEMBER_ADD_WINDOW, self.adds_per_window)
+        room, added = await self.store.dm_room(user, other, MEMBER_ADD_WINDOW, self.adds_per_window)
+        await self.added(room, added)
         return await self.get(room, user.id)
 
     async def online(self, user: User, room: int) -> list[User]:
