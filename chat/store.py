@@ -524,7 +524,12 @@ class Store:
         return None if row is None else (row["sender_id"], row["deleted"])
 
     async def edit_message(
-        self, room: int, message: int, body: str, names: str | None, mention_room: bool
+        self,
+        room: int,
+        message: int,
+        body: str,
+        names: str | None = None,
+        mention_room: bool = False,
     ) -> Message | None:
         """The edited message, its mentions found again; None if it is (or just became)
         a tombstone."""

@@ -31,7 +31,10 @@ WITH allowed AS (
     FROM inserted
     WHERE members.room_id = $1 AND members.user_id = $2 AND members.read_seq < inserted.seq
 ), replied AS (
-    UPDATE messages r SET reply_count = r.reply_count + 1, last_reply_at = i.created_at
+    -- greatest: a transaction's now() is its start, so a reply committed after a newer one
+    -- (it waited for the room lock) must not move last_reply_at back.
+    UPDATE messages r SET reply_count = r.reply_count + 1,
+        last_reply_at = greatest(r.last_reply_at, i.created_at)
     FROM inserted i
     WHERE $5::bigint IS NOT NULL AND r.id = $5::bigint AND r.room_id = $1
     RETURNING r.sender_id
@@ -175,7 +178,8 @@ WITH input AS (
     SELECT thread_id, room_id, count(*) AS n, max(created_at) AS at
     FROM inserted WHERE thread_id IS NOT NULL GROUP BY thread_id, room_id
 ), replied AS (
-    UPDATE messages r SET reply_count = r.reply_count + p.n, last_reply_at = p.at
+    UPDATE messages r SET reply_count = r.reply_count + p.n,
+        last_reply_at = greatest(r.last_reply_at, p.at)
     FROM replies p
     WHERE r.id = p.thread_id AND r.room_id = p.room_id
     RETURNING r.id, r.room_id, r.sender_id
