@@ -93,7 +93,6 @@ async def test_mentions_on_messages_counts_and_list(servers: Pair, alice: Api) -
 
 async def test_reserved_usernames_are_refused(servers: Pair, alice: Api) -> None:
     """room, here, everyone (any case) cannot be signed up or made bots: 422 invalid."""
-    a, _ = servers
     for name in ("room", "Here", "EVERYONE"):
         r = await alice.raw("POST", "/api/users", json={"username": name, "password": PASSWORD})
         assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid"), r.text

@@ -114,7 +114,7 @@ async def test_concurrent_reactions_from_both_processes_count_right(
 async def test_reaction_refusals_store_nothing(servers: Pair, alice: Api) -> None:
     """21st emoji `invalid`, bad emoji `invalid`, deleted message `conflict`, non-member
     `forbidden`, unknown message `not_found`; the list is unchanged after each."""
-    a, b = servers
+    _, b = servers
     room = (await alice.create_room("limits"))["id"]
     message = await alice.post(room, "twenty")
     for i in range(20):

@@ -118,7 +118,7 @@ async def test_bad_roots_are_not_found_and_store_nothing(servers: Pair, alice: A
 
 async def test_thread_history_pages_like_the_room(servers: Pair, alice: Api) -> None:
     """`?thread=ROOT` returns only that root's replies, ascending, with before/after/limit."""
-    a, b = servers
+    _, b = servers
     room = (await alice.create_room("paging"))["id"]
     root = await alice.post(room, "root")
     other_root = await alice.post(room, "other root")

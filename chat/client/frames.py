@@ -20,10 +20,13 @@ from ..protocol import (
     ErrorFrame,
     Message,
     MessageFrame,
+    NotifyFrame,
     Pong,
     PresenceDiffFrame,
     PresenceFrame,
+    ReactionsFrame,
     RemovedFrame,
+    RoomAddedFrame,
     TypingFrame,
     Welcome,
 )
@@ -56,6 +59,9 @@ Event = (
     | PresenceFrame
     | PresenceDiffFrame
     | RemovedFrame
+    | ReactionsFrame
+    | NotifyFrame
+    | RoomAddedFrame
 )
 
 ServerFrame = Welcome | Ack | Pong | ErrorFrame | Event
@@ -73,6 +79,9 @@ _KNOWN = frozenset(
         "presence",
         "presence_diff",
         "removed",
+        "reactions",
+        "notify",
+        "room_added",
     }
 )
 
