@@ -4,9 +4,13 @@ thread history, followed threads with their own read positions."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Any
 
 import httpx
+
+from chat.config import Settings
+from chat.store import Draft, Store
 
 from .support import Api, ServerProcess, Ws
 
@@ -206,3 +210,44 @@ async def test_followed_threads_and_their_read_positions(servers: Pair, alice: A
     finally:
         for api in (bob, carol, dave):
             await api.close()
+
+
+async def test_group_commit_counts_replies_per_root_and_resolves_mentions(
+    database_url: str,
+) -> None:
+    """One batch statement (insert_batch) with several replies to two roots, mentions and
+    @room: each root gets its batch's count once, names resolve to members in order."""
+    store = await Store.connect(Settings(database_url=database_url))
+    try:
+        suffix = secrets.token_hex(4)
+        alice = await store.create_user(f"ga{suffix}", "not-a-real-hash")
+        bob = await store.create_user(f"gb{suffix}", "not-a-real-hash")
+        room = (await store.create_room("batch", False, alice.id)).id
+        await store.add_member(room, bob.id)
+        first = await store.insert_one(Draft(room, alice, "root 1", None))
+        second = await store.insert_one(Draft(room, alice, "root 2", None))
+        assert first is not None and second is not None
+        r1, r2 = first[0].id, second[0].id
+        names = f"gb{suffix} nobody ga{suffix}"
+        drafts = [
+            Draft(room, bob, "a", None, r1),
+            Draft(room, bob, "b", None, r1, names),
+            Draft(room, alice, "c", None, r2, None, True),
+            Draft(room, bob, "d", None, r1),
+            Draft(room, alice, "plain", None),
+        ]
+        stored = await store.insert_batch(drafts)
+        assert sorted(stored) == [1, 2, 3, 4, 5]
+        assert stored[2].mentions == [bob.id, alice.id]
+        assert stored[3].mention_room and stored[3].thread == r2
+        roots = {m.id: m for m in await store.messages_after(room, 0, 100)}
+        assert roots[r1].reply_count == 3 and roots[r2].reply_count == 1
+        assert roots[r1].last_reply_at == max(stored[i].ts for i in (1, 2, 4))
+        assert [m.id for m in await store.thread_after(r1, 0, 10)] == [
+            stored[i].id for i in (1, 2, 4)
+        ]
+        followed = await store.threads_of_user(alice.id, 10)
+        assert {t.root.id for t in followed} == {r1, r2}
+        assert [t.root.id for t in await store.threads_of_user(bob.id, 10)] == [r1]
+    finally:
+        await store.close()
