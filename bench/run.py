@@ -763,6 +763,7 @@ class Run:
                     from chat.client import HttpApi
 
                     async with HttpApi(self.servers[0].http, specs[0][1], timeout=60) as api:
+                        await api.join_room(specs[0][2])
                         target = (await api.post(specs[0][2], "react to this")).id
                 self.result["connect"] = await self.open_connections(specs)
                 if target:

@@ -55,6 +55,9 @@ Q_EDIT_MESSAGE = QUERIES["edit_message"]
 Q_DELETE_MESSAGE = QUERIES["delete_message"]
 Q_LOCK_ROOMS = QUERIES["lock_rooms"]
 Q_INSERT_MESSAGES = QUERIES["insert_messages"]
+# Plain messages (no thread, no mention) keep the statements from before conversations.
+Q_INSERT_MESSAGE_PLAIN = QUERIES["insert_message_plain"]
+Q_INSERT_MESSAGES_PLAIN = QUERIES["insert_messages_plain"]
 Q_LOCK_TARGET = QUERIES["lock_target"]
 Q_ADD_MEMBER_BY = QUERIES["add_member_by"]
 Q_RECENT_ADDS = QUERIES["recent_adds"]
@@ -112,6 +115,11 @@ class Draft:
     names: str | None = None
     # The body says @room.
     mention_room: bool = False
+
+    @property
+    def plain(self) -> bool:
+        """No thread and no mention: stored by the statement plain messages always had."""
+        return self.thread is None and self.names is None and not self.mention_room
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,18 +473,23 @@ class Store:
         batch) are for `insert_one`, which answers each on its own.
         """
         rooms = sorted({d.room for d in drafts})
-        async with self._conn() as conn, conn.transaction():
-            await conn.execute(Q_LOCK_ROOMS, rooms)
-            rows = await conn.fetch(
-                Q_INSERT_MESSAGES,
-                [d.room for d in drafts],
-                [d.sender.id for d in drafts],
-                [d.body for d in drafts],
-                [d.client_id for d in drafts],
+        columns: list[list[Any]] = [
+            [d.room for d in drafts],
+            [d.sender.id for d in drafts],
+            [d.body for d in drafts],
+            [d.client_id for d in drafts],
+        ]
+        query = Q_INSERT_MESSAGES_PLAIN
+        if not all(d.plain for d in drafts):
+            query = Q_INSERT_MESSAGES
+            columns += [
                 [d.thread for d in drafts],
                 [d.names for d in drafts],
                 [d.mention_room for d in drafts],
-            )
+            ]
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(Q_LOCK_ROOMS, rooms)
+            rows = await conn.fetch(query, *columns)
         return {row["ord"]: message_from_row(row, drafts[row["ord"] - 1]) for row in rows}
 
     async def insert_one(self, draft: Draft) -> tuple[Message, bool] | None:
@@ -487,16 +500,21 @@ class Store:
         room, sender, body, client_id = draft.room, draft.sender, draft.body, draft.client_id
         async with self._conn() as conn:
             try:
-                row = await conn.fetchrow(
-                    Q_INSERT_MESSAGE,
-                    room,
-                    sender.id,
-                    body,
-                    client_id,
-                    draft.thread,
-                    draft.names,
-                    draft.mention_room,
-                )
+                if draft.plain:
+                    row = await conn.fetchrow(
+                        Q_INSERT_MESSAGE_PLAIN, room, sender.id, body, client_id
+                    )
+                else:
+                    row = await conn.fetchrow(
+                        Q_INSERT_MESSAGE,
+                        room,
+                        sender.id,
+                        body,
+                        client_id,
+                        draft.thread,
+                        draft.names,
+                        draft.mention_room,
+                    )
             except asyncpg.UniqueViolationError:
                 # A retry or a racing duplicate of the same client_id: return the first.
                 row = await conn.fetchrow(Q_MESSAGE_BY_CLIENT_ID, room, sender.id, client_id)

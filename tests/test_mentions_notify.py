@@ -153,13 +153,19 @@ async def test_notify_reaches_every_socket_on_any_process(servers: Pair, alice: 
         for ws in bob_sockets:
             assert await told(ws) == ("dm", m["id"])
         # The sender was told of nothing; a plain message tells nobody.
-        await alice.post(room, "plain")
+        plain = await alice.post(room, "plain")
         pong = await alice_ws.call({"type": "ping"})
         assert pong["type"] == "pong"
         while not alice_ws.frames.empty():
             assert alice_ws.frames.get_nowait()["type"] != "notify"
+        # An edit that now names carol sends no notify.
+        edited = await alice_ws.call(
+            {"type": "edit", "room": room, "id": plain["id"], "body": f"@{carol.username} hi"}
+        )
+        assert edited["message"]["mentions"] == [carol.user["id"]]
         m = await alice.post(room, f"@{carol.username}")
-        assert await told(carol_ws) == ("mention", m["id"])  # nothing for "plain" came first
+        # Nothing for "plain" nor for its edit came first.
+        assert await told(carol_ws) == ("mention", m["id"])
     finally:
         await bob.close()
         await carol.close()

@@ -146,3 +146,27 @@ async def test_reaction_refusals_store_nothing(servers: Pair, alice: Api) -> Non
         await stranger.close()
     assert len(await stored(alice, room, message["id"])) == 20
     assert await stored(alice, room, gone["id"]) == []
+
+
+async def test_reactions_spend_the_send_budget(server_env: dict[str, str]) -> None:
+    """Reactions (frames and HTTP) spend the user's send budget: beyond it `rate_limited`,
+    and nothing changes."""
+    env = {**server_env, "SEND_RATE": "0.1", "SEND_BURST": "3"}
+    proc = ServerProcess(env, "react-budget")
+    await proc.start()
+    api = await Api.new_user(proc.url, "budget")
+    try:
+        room = (await api.create_room("budget"))["id"]
+        message = await api.post(room, "one send")  # the first of three
+        assert (await put(api, room, message["id"], "a")).status_code == 200
+        ws = await Ws.connect(proc.ws_url, api.token)
+        ok = await ws.call({"type": "react", "room": room, "id": message["id"], "emoji": "b"})
+        assert ok["type"] == "ok", ok
+        err = await ws.call({"type": "react", "room": room, "id": message["id"], "emoji": "c"})
+        assert err["type"] == "error" and err["code"] == "rate_limited", err
+        r = await put(api, room, message["id"], "d")
+        assert (r.status_code, r.json()["error"]["code"]) == (429, "rate_limited")
+        assert [x["emoji"] for x in await stored(api, room, message["id"])] == ["a", "b"]
+    finally:
+        await api.close()
+        await proc.stop()

@@ -199,3 +199,72 @@ WITH input AS (
 )
 SELECT n.ord, ins.id, ins.seq, ins.created_at, ins.mentions
 FROM numbered n JOIN inserted ins ON ins.room_id = n.room_id AND ins.seq = n.seq;
+
+-- name: insert_message_plain
+-- A message with no thread and no mention: the statement from before conversations,
+-- so that a plain message costs what it did (no thread, mention or follow CTEs).
+-- Stores nothing for a non-member. A duplicate client_id fails the whole statement
+-- (a unique violation), so the seq taken for it is given back with the rollback.
+WITH allowed AS (
+    SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2
+), bumped AS (
+    UPDATE rooms SET last_seq = last_seq + 1
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM allowed)
+    RETURNING last_seq
+), inserted AS (
+    INSERT INTO messages (room_id, seq, sender_id, body, client_id)
+    SELECT $1, last_seq, $2, $3, $4 FROM bumped
+    RETURNING id, seq, created_at
+), own_read AS (
+    -- A sender has read their own message: it never counts as unread for them.
+    UPDATE members SET read_seq = inserted.seq
+    FROM inserted
+    WHERE members.room_id = $1 AND members.user_id = $2 AND members.read_seq < inserted.seq
+)
+SELECT id, seq, created_at, '{}'::bigint[] AS mentions FROM inserted;
+
+-- name: insert_messages_plain
+-- Group commit of plain messages only (no thread, no mention): the statement from before
+-- conversations, so that they cost what they did.
+-- Group commit: many sends in one statement, each row of a room getting the next seq
+-- in array order. Rows whose sender is not a member, or whose client_id is already
+-- stored or repeated earlier in the batch, are left out: the caller sends those
+-- through insert_message, which answers them one by one.
+WITH input AS (
+    SELECT t.room_id, t.sender_id, t.body, t.client_id, t.ord
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) WITH ORDINALITY
+         AS t(room_id, sender_id, body, client_id, ord)
+), allowed AS (
+    SELECT i.* FROM input i
+    JOIN members m ON m.room_id = i.room_id AND m.user_id = i.sender_id
+), fresh AS (
+    SELECT a.* FROM allowed a
+    WHERE a.client_id IS NULL
+       OR (NOT EXISTS (SELECT 1 FROM messages x
+                       WHERE x.room_id = a.room_id AND x.sender_id = a.sender_id
+                         AND x.client_id = a.client_id)
+           AND a.ord = (SELECT min(b.ord) FROM allowed b
+                        WHERE b.room_id = a.room_id AND b.sender_id = a.sender_id
+                          AND b.client_id = a.client_id))
+), counts AS (
+    SELECT room_id, count(*) AS n FROM fresh GROUP BY room_id
+), bumped AS (
+    UPDATE rooms r SET last_seq = r.last_seq + c.n
+    FROM counts c WHERE r.id = c.room_id
+    RETURNING r.id, r.last_seq - c.n AS base
+), numbered AS (
+    SELECT f.ord, f.room_id, f.sender_id, f.body, f.client_id,
+           b.base + row_number() OVER (PARTITION BY f.room_id ORDER BY f.ord) AS seq
+    FROM fresh f JOIN bumped b ON b.id = f.room_id
+), inserted AS (
+    INSERT INTO messages (room_id, seq, sender_id, body, client_id)
+    SELECT room_id, seq, sender_id, body, client_id FROM numbered
+    RETURNING id, room_id, seq, created_at
+), own_read AS (
+    -- A sender has read their own messages: they never count as unread for them.
+    UPDATE members m SET read_seq = n.seq
+    FROM (SELECT room_id, sender_id, max(seq) AS seq FROM numbered GROUP BY room_id, sender_id) n
+    WHERE m.room_id = n.room_id AND m.user_id = n.sender_id AND m.read_seq < n.seq
+)
+SELECT n.ord, ins.id, ins.seq, ins.created_at, '{}'::bigint[] AS mentions
+FROM numbered n JOIN inserted ins ON ins.room_id = n.room_id AND ins.seq = n.seq;
