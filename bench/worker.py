@@ -307,11 +307,11 @@ class Conn:
             self.pending[ref] = (intended, step)
             mode = self.w.mode
             if mode == "react":
-                # Each sender toggles its own 👍 on one message: every frame is a change.
+                # Each sender toggles its own +1 on one message: every frame is a change.
                 kind = "react" if self.counter % 2 else "unreact"
                 self.write(
                     f'{{"type":"{kind}","ref":{ref},"room":{self.room},'
-                    f'"id":{self.w.react_target},"emoji":"\ud83d\udc4d"}}'
+                    f'"id":{self.w.react_target},"emoji":"+1"}}'
                 )
             else:
                 if mode == "atroom":
