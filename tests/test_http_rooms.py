@@ -109,9 +109,18 @@ async def test_list_rooms_shows_only_the_callers_rooms(alice: Api, bob: Api) -> 
     assert mine["id"] in rooms
     assert theirs["id"] not in rooms
     entry = rooms[mine["id"]]
-    assert set(entry) == {"id", "name", "private", "created_by", "dm", "last_seq", "unread"}
+    assert set(entry) == {
+        "id",
+        "name",
+        "private",
+        "created_by",
+        "dm",
+        "last_seq",
+        "unread",
+        "mentions",  # Part 2: unread messages that mention the caller or @room
+    }
     assert {k: entry[k] for k in ("id", "name", "private", "created_by", "dm")} == mine
-    assert entry["last_seq"] == 0 and entry["unread"] == 0
+    assert entry["last_seq"] == 0 and entry["unread"] == 0 and entry["mentions"] == 0
 
 
 async def test_last_seq_and_unread_follow_the_read_position(
