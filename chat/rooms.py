@@ -6,16 +6,19 @@ live side (`removed`, given by the node), here and on every process.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from . import access
 from .blocks import Blocks
 from .config import Settings
-from .errors import invalid, not_found
+from .errors import ChatError, invalid, not_found
 from .notify import Personal
 from .presence import PresenceTracker
 from .protocol import Room, RoomSummary, User
 from .store import Store
+
+log = logging.getLogger("chat.rooms")
 
 # Applies a removal to live connections everywhere: (room, user id).
 Removed = Callable[[int, int], Awaitable[None]]
@@ -66,9 +69,19 @@ class Rooms:
         return found
 
     async def added(self, room: int, users: list[int]) -> None:
-        """Tell `users`, who just became members of `room`, on every socket they have."""
-        if users:
-            await self.personal.room_added({u: await self.get(room, u) for u in users})
+        """Tell `users`, who just became members of `room`, on every socket they have.
+
+        Live only, like every personal frame: the membership is stored already, so a
+        failure to read the room (PostgreSQL away) loses the frame, never the request.
+        """
+        if not users:
+            return
+        try:
+            rooms = {u: await self.get(room, u) for u in users}
+        except ChatError as exc:
+            log.warning("room_added skipped", extra={"room": room, "error": exc.code})
+            return
+        await self.personal.room_added(rooms)
 
     async def add_member(self, user: User, room: int, username: str) -> Room:
         access.check_add(await access.require_member(self.store, room, user.id))
