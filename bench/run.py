@@ -375,6 +375,7 @@ async def start_workers(
             "gid_base": gid_offset + i * 100_000 + 1,
             "body_size": args.body_size,
             "conns": chunk,
+            "mode": args.mode,
             "connect_concurrency": args.connect_concurrency,
             "slow_rcvbuf": args.slow_rcvbuf,
         }
@@ -658,6 +659,7 @@ class Run:
         lat = new_hist()
         ack = new_hist()
         outstanding = delivered_n = unacked = 0
+        extra: dict[str, int] = {}
         for w in self.workers:
             await w.send(
                 {"cmd": "collect", "step": step, "expected": expected, "step_end": step_end}
@@ -669,6 +671,8 @@ class Run:
                 ack.add(decode_hist(ev["ack"]))
             outstanding += ev["outstanding"]
             delivered_n += ev["delivered"]
+            for kind, n in ev.get("extra", {}).items():
+                extra[kind] = extra.get(kind, 0) + n
             unacked += ev["unacked"]
         sends = sum(c[0] for c in counts.values())
         refused = sum(c[1] for c in counts.values())
@@ -711,6 +715,12 @@ class Run:
             "t0_ns": t0,
             "end_ns": step_end,
         }
+        if extra:
+            # Conversations modes: `reactions` frames (react) and `notify` frames (atroom).
+            result["extra_frames"] = extra
+            if result["server_cpu_s"] > 0:
+                frames = (0 if self.args.mode == "react" else want) + sum(extra.values())
+                result["frames_per_cpu_s"] = round(frames / result["server_cpu_s"])
         if result["postgres_commits"] > 0:
             result["messages_per_commit"] = round(sends / result["postgres_commits"], 2)
         # Deliveries per server CPU-second: every delivery of this step's messages.
@@ -781,7 +791,20 @@ class Run:
                 await self.idle(sc, members)
             else:
                 specs = await self.make_specs(rooms, members, slow)
+                target = 0
+                if self.args.mode == "react":
+                    # The one message every sender toggles a reaction on, stored before the
+                    # connections join (so no member replays it).
+                    from chat.client import HttpApi
+
+                    async with HttpApi(self.servers[0].http, specs[0][1], timeout=60) as api:
+                        await api.join_room(specs[0][2])
+                        target = (await api.post(specs[0][2], "react to this")).id
                 self.result["connect"] = await self.open_connections(specs)
+                if target:
+                    for w in self.workers:
+                        await w.send({"cmd": "target", "id": target})
+                        await w.expect("targeted")
                 await self.stepped(rates, seconds, sc, slow)
         finally:
             if self.monitor_task:
@@ -1188,6 +1211,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how accounts are made (default: sign-ups up to 2,500, bots above)",
     )
     p.add_argument("--body-size", type=int, default=100, help="message body characters (>= 40)")
+    p.add_argument(
+        "--mode",
+        choices=("message", "react", "atroom"),
+        default="message",
+        help="what senders do: send messages; toggle a reaction on one message (react); "
+        "send messages that say @room (atroom)",
+    )
     p.add_argument("--connect-concurrency", type=int, default=64)
     p.add_argument("--drain", type=float, default=5.0, help="max seconds to wait after a step")
     p.add_argument(

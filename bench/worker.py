@@ -92,6 +92,8 @@ class Stats:
         self.sent_rs: dict[int, int] = defaultdict(int)
         self.ack_rs: dict[int, int] = defaultdict(int)
         self.err_rs: dict[int, int] = defaultdict(int)
+        # step -> frames of the conversations benchmarks (`reactions`, `notify`) received
+        self.extra: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     def lat_of(self, step: int) -> array:
         a = self.lat[step]
@@ -200,6 +202,18 @@ class Conn:
         if t == "presence_diff":
             self.w.presence_diffs += 1
             return
+        if t == "reactions" or t == "notify":
+            # Conversations modes: counted per step; in `react` mode a reactions frame is
+            # the delivery (no body carries a due time, so only the ack is timed).
+            w = self.w
+            st = self.stats
+            st.extra[w.step][t] += 1
+            if t == "reactions":
+                now = mono()
+                st.recv += 1
+                st.recv_rs[self.room * MAX_STEPS + w.step] += 1
+                st.arrive(now)
+            return
         if t == "ok":
             if f.ref == "j":
                 self.join_seq = self.last = f.seq or 0
@@ -291,7 +305,18 @@ class Conn:
             ref = self.next_ref
             self.next_ref += 1
             self.pending[ref] = (intended, step)
-            self.write(f'{{"type":"send","ref":{ref},"room":{self.room},"body":"{body}"}}')
+            mode = self.w.mode
+            if mode == "react":
+                # Each sender toggles its own +1 on one message: every frame is a change.
+                kind = "react" if self.counter % 2 else "unreact"
+                self.write(
+                    f'{{"type":"{kind}","ref":{ref},"room":{self.room},'
+                    f'"id":{self.w.react_target},"emoji":"+1"}}'
+                )
+            else:
+                if mode == "atroom":
+                    body += " @room"  # after the fixed-width fields that `delivered` reads
+                self.write(f'{{"type":"send","ref":{ref},"room":{self.room},"body":"{body}"}}')
         elif target == "socketio":
             self.write(f'42["send",{{"room":"{self.room_s}","body":"{body}"}}]')
         else:
@@ -452,6 +477,12 @@ class Worker:
         self.stepping: asyncio.Task[None] | None = None
         self.rr = 0
         self.background: set[asyncio.Future[Any]] = set()
+        # "message" (default), "react" (toggle a reaction on `react_target`), "atroom"
+        # (every message says @room): the conversations benchmarks.
+        self.mode = cfg.get("mode", "message")
+        self.react_target = 0
+        # The step being sent, to count frames that carry no step of their own.
+        self.step = 0
 
     async def connect_all(self) -> None:
         cls: Any
@@ -585,6 +616,7 @@ class Worker:
             "lat": h.encode().decode(),
             "ack": ha.encode().decode() if ha.get_total_count() else None,
             "delivered": len(lat),
+            "extra": dict(st.extra.pop(step, {})),
             "outstanding": outstanding,
             "unacked": unacked,
         }
@@ -657,7 +689,11 @@ class Worker:
                     return
                 cmd = json.loads(line)
                 name = cmd["cmd"]
-                if name == "step":
+                if name == "target":
+                    self.react_target = int(cmd["id"])
+                    out({"ev": "targeted"})
+                elif name == "step":
+                    self.step = cmd["step"]
                     self.stepping = asyncio.ensure_future(
                         self.run_step(cmd["step"], cmd["rate"], cmd["seconds"], cmd["t0"])
                     )

@@ -25,10 +25,10 @@ from typing import TypeVar
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from . import metrics
+from . import mentions, metrics
 from .broker import Counters
 from .config import Settings
-from .errors import ChatError
+from .errors import ChatError, invalid
 from .jwt_auth import Claims, JwtVerifier, looks_like_jwt
 from .protocol import User
 from .store import Store
@@ -61,6 +61,12 @@ def new_token() -> tuple[str, bytes]:
     """A fresh token (256 random bits, URL-safe text) and the hash that is stored."""
     token = secrets.token_urlsafe(32)
     return token, hash_token(token)
+
+
+def _check_username(username: str) -> None:
+    """`room`, `here` and `everyone` (any case) would read as group mentions."""
+    if mentions.reserved(username):
+        raise invalid(f"{username!r} is reserved: choose another username")
 
 
 def hash_token(token: str) -> bytes:
@@ -116,6 +122,7 @@ class Accounts:
         return await asyncio.wrap_future(future)
 
     async def sign_up(self, username: str, password: str, address: str) -> User:
+        _check_username(username)
         await self.throttle.check_sign_up(address)
         digest = await self._hash(self.hasher.hash, password)
         return await self.store.create_user(username, digest)
@@ -145,6 +152,7 @@ class Accounts:
     async def create_bot(self, owner: User, username: str) -> tuple[str, User]:
         if owner.bot:
             raise ChatError("forbidden", "a bot cannot create bots: its owner can")
+        _check_username(username)
         bot = await self.store.create_bot(username, owner.id)
         token, token_hash = new_token()
         await self.store.create_session(token_hash, bot.id, expires_idle=False)

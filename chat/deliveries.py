@@ -46,8 +46,8 @@ from .webhooks import forbidden_address, parse_url, resolve, sign
 
 log = logging.getLogger("chat.deliveries")
 
-# How the bot's reply is sent: (bot, room, body, client_id) -> stored, fanned out.
-SendReply = Callable[[User, int, str, str], Awaitable[object]]
+# How the bot's reply is sent: (bot, room, body, client_id, thread) -> stored, fanned out.
+SendReply = Callable[[User, int, str, str, int | None], Awaitable[object]]
 
 # Seconds between refreshes of the oldest-pending gauge (a query over all processes' events).
 GAUGE_INTERVAL = 5.0
@@ -223,7 +223,8 @@ class DeliveryWorker:
             # Another 4xx fails at once, as the contract says; so does a 3xx, since
             # redirects are not followed and the next attempt would be one too.
             raise Fail(status, f"HTTP {status}")
-        return status, await self._reply(event, parts.bot, answer)
+        # A reply to a message of a thread goes to the same thread.
+        return status, await self._reply(event, parts.bot, answer, parts.message.thread)
 
     async def _post(self, url: str, secret: str, delivery: int, body: bytes) -> tuple[int, bytes]:
         """Send one request to an address that passes the rule; (status, answer read)."""
@@ -274,7 +275,9 @@ class DeliveryWorker:
             raise Retry(None, f"connection error: {type(exc).__name__}") from None
         return response.status_code, bytes(answer[: limit + 1])
 
-    async def _reply(self, event: ClaimedEvent, bot: User, answer: bytes) -> str | None:
+    async def _reply(
+        self, event: ClaimedEvent, bot: User, answer: bytes, thread: int | None
+    ) -> str | None:
         """Send the answer's `reply` as the bot, once per event; a note for `last_error`.
 
         The reply's client_id is `webhook-<delivery id>`, so that the idempotent send
@@ -295,7 +298,7 @@ class DeliveryWorker:
         except FrameError as exc:
             return f"reply refused: {exc}"
         try:
-            await self.send_reply(bot, event.room, reply, f"webhook-{event.id}")
+            await self.send_reply(bot, event.room, reply, f"webhook-{event.id}", thread)
         except ChatError as exc:
             if exc.code == "unavailable":
                 raise Retry(None, "the reply could not be stored yet") from None

@@ -197,18 +197,32 @@ class Hub:
         self.rooms: dict[int, RoomState] = {}
         # Open connections per user id, for the per-user limit.
         self.per_user: Counter[int] = Counter()
+        # Every open connection of each user, joined to rooms or not: the personal stream
+        # (notify, room_added) reaches them all.
+        self.of_user: dict[int, dict[int, Connection]] = {}
         # Frames a room may hold behind a gap (see delivery.RoomLine).
         self.pending_limit = pending_limit
 
     def attach(self, conn: Connection) -> None:
         self.connections[conn.id] = conn
         self.per_user[conn.user.id] += 1
+        self.of_user.setdefault(conn.user.id, {})[conn.id] = conn
 
     def detach(self, conn: Connection) -> None:
         if self.connections.pop(conn.id, None) is not None:
             self.per_user[conn.user.id] -= 1
             if self.per_user[conn.user.id] <= 0:
                 del self.per_user[conn.user.id]
+            mine = self.of_user.get(conn.user.id)
+            if mine is not None:
+                mine.pop(conn.id, None)
+                if not mine:
+                    del self.of_user[conn.user.id]
+
+    def sockets_of(self, user: int) -> list[Connection]:
+        """Every open connection of `user` on this process."""
+        mine = self.of_user.get(user)
+        return [] if mine is None else list(mine.values())
 
     # -- rooms ------------------------------------------------------------------
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 
-from . import access, metrics
+from . import access, mentions, metrics
 from .budgets import Budgets
 from .config import Settings
 from .errors import ChatError, forbidden, not_found
 from .fanout import Fanout
 from .groupcommit import GroupCommit
 from .hub import Connection
+from .notify import Notifier
 from .protocol import (
     DeletedFrame,
     EditedFrame,
@@ -27,13 +28,23 @@ from .protocol import (
     encode_text,
 )
 from .store import Draft, Store
+from .threads import resolve_root
 
 
 class Messages:
     """The message use cases of every room."""
 
-    def __init__(self, settings: Settings, store: Store, fanout: Fanout, budgets: Budgets) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        fanout: Fanout,
+        budgets: Budgets,
+        notifier: Notifier,
+    ) -> None:
         self.settings = settings
+        # Tells the people a stored message concerns (mentions, @room, DMs, followed threads).
+        self.notifier = notifier
         # Per-user budgets: an HTTP post spends the same one as a WebSocket send.
         self.budgets = budgets
         self.store = store
@@ -41,15 +52,36 @@ class Messages:
         # Concurrent sends share commits.
         self.commits = GroupCommit(store, settings)
 
-    async def post(self, user: User, room: int, body: str, client_id: str | None) -> Message:
+    async def post(
+        self,
+        user: User,
+        room: int,
+        body: str,
+        client_id: str | None,
+        thread: int | None = None,
+    ) -> Message:
         """`send` for the HTTP API: it spends the same per-user budget as the WebSocket."""
         if not self.budgets.of(user.id).sends.take():
             raise ChatError("rate_limited", "too many sends: slow down")
-        return await self.send(user, room, body, client_id)
+        return await self.send(user, room, body, client_id, thread)
 
-    async def send(self, user: User, room: int, body: str, client_id: str | None) -> Message:
+    async def send(
+        self,
+        user: User,
+        room: int,
+        body: str,
+        client_id: str | None,
+        thread: int | None = None,
+    ) -> Message:
         """Store a message and fan it out; returns it once it is durably stored."""
-        result = await self.commits.insert(Draft(room, user, body, client_id))
+        root = None
+        if thread is not None:
+            # Checked before the group commit, so that a bad root never fails a batch.
+            await access.require_member(self.store, room, user.id)
+            root = await resolve_root(self.store, room, thread)
+        found = mentions.find(body)
+        draft = Draft(room, user, body, client_id, root, found.joined, found.room)
+        result = await self.commits.insert(draft)
         if result is None:
             raise await access.refuse(self.store, room, user.id)
         message, created = result
@@ -57,6 +89,7 @@ class Messages:
             metrics.MESSAGES_STORED.inc()
             text = encode_text(MessageFrame(room=room, message=message))
             await self.fanout.stored(room, message.seq, text)
+            await self.notifier.stored(message)
         return message
 
     async def edit(self, user: User, room: int, message_id: int, body: str) -> Message:
@@ -64,7 +97,11 @@ class Messages:
         sender, deleted = await self._target(room, message_id)
         if not deleted:
             access.check_edit(found, user.id, sender)
-            message = await self.store.edit_message(room, message_id, body)
+            # Mentions are found again; an edit sends no `notify`.
+            parsed = mentions.find(body)
+            message = await self.store.edit_message(
+                room, message_id, body, parsed.joined, parsed.room
+            )
         if deleted or message is None:  # a tombstone, or it became one meanwhile
             raise ChatError("conflict", "a deleted message cannot be edited")
         text = encode_text(EditedFrame(room=room, message=message))

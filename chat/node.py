@@ -32,6 +32,7 @@ from .fanout import Fanout
 from .hub import Connection, Hub
 from .messages import Messages
 from .moderation import Moderation
+from .notify import Notifier, Personal
 from .presence import PresenceTracker
 from .protocol import (
     ClientFrame,
@@ -46,18 +47,22 @@ from .protocol import (
     Ping,
     Pong,
     PresenceFrame,
+    React,
     Read,
     Refresh,
     RemovedFrame,
     Send,
     Typing,
+    Unreact,
     User,
     as_id,
     decode_envelope,
     encode_text,
 )
+from .reactions import Reactions
 from .rooms import Rooms
 from .store import Store
+from .threads import Threads
 from .webhooks import Webhooks
 
 log = logging.getLogger("chat.node")
@@ -88,8 +93,13 @@ class Node:
         self.budgets = Budgets(settings)
         self.fanout = Fanout(settings, store, broker, self.hub, origin, self._spawn)
         self.presence = PresenceTracker(settings, backends.presence, self.fanout, self._spawn)
-        self.messages = Messages(settings, store, self.fanout, self.budgets)
-        self.rooms = Rooms(settings, store, self.presence, self.blocks, self.removed)
+        # Every socket of a user, on any process: notify and room_added.
+        self.personal = Personal(self.hub, broker, self.fanout)
+        self.notifier = Notifier(store, self.personal)
+        self.messages = Messages(settings, store, self.fanout, self.budgets, self.notifier)
+        self.rooms = Rooms(settings, store, self.presence, self.blocks, self.removed, self.personal)
+        self.reactions = Reactions(store, self.fanout)
+        self.threads = Threads(store)
         self.moderation = Moderation(store, self.fanout, self.rooms, self.removed)
         # Bots' webhooks: the owner's use cases, and this process's share of the deliveries.
         self.webhooks = Webhooks(store, settings.webhook_allow_private)
@@ -182,6 +192,7 @@ class Node:
             return  # a JWT: no session to end, it ends by expiring
         if not await self.store.live_sessions([conn.token_hash]):
             raise ChatError("unauthorized", "this session has ended: log in again")
+        await self.personal.attached(conn.user.id)
 
     async def detach(self, conn: Connection) -> None:
         handle = self.expiring.pop(conn.id, None)
@@ -191,6 +202,7 @@ class Node:
         metrics.CONNECTIONS.dec()
         if self.draining and not self.hub.connections:
             self._drained.set()
+        await self.personal.detached(conn.user.id)
         for room in list(conn.positions):
             await self.leave(conn, room)
 
@@ -204,8 +216,9 @@ class Node:
             case Send():
                 self._limit(conn, budget.sends.take())
                 started = time.perf_counter()
+                thread = None if frame.thread is None else as_id(frame.thread)
                 message = await messages.send(
-                    conn.user, as_id(frame.room), frame.body, frame.client_id
+                    conn.user, as_id(frame.room), frame.body, frame.client_id, thread
                 )
                 metrics.SEND_LATENCY.observe(time.perf_counter() - started)
                 await conn.put(encode_text(OkMessage(ref=frame.ref, message=message)))
@@ -220,7 +233,23 @@ class Node:
                 await messages.typing(conn, as_id(frame.room))
             case Read():
                 self._limit(conn, budget.control.take())
-                await messages.read(conn.user, as_id(frame.room), frame.seq)
+                if frame.thread is None:
+                    await messages.read(conn.user, as_id(frame.room), frame.seq)
+                else:
+                    await self.threads.read(
+                        conn.user, as_id(frame.room), as_id(frame.thread), frame.seq
+                    )
+                await conn.put(encode_text(Ok(ref=frame.ref)))
+            case React() | Unreact():
+                # Reactions spend the send budget.
+                self._limit(conn, budget.sends.take())
+                await self.reactions.change(
+                    conn.user,
+                    as_id(frame.room),
+                    as_id(frame.id),
+                    frame.emoji,
+                    add=isinstance(frame, React),
+                )
                 await conn.put(encode_text(Ok(ref=frame.ref)))
             case Edit():
                 self._limit(conn, budget.sends.take())
@@ -293,7 +322,8 @@ class Node:
         registered = False
         try:
             found = await access.room_access(self.store, room, conn.user.id)
-            if access.check_join(found):
+            became_member = access.check_join(found)
+            if became_member:
                 await self.store.add_member(room, conn.user.id)
             last = found.last_seq
             self.fanout.start(state, last)
@@ -326,6 +356,9 @@ class Node:
             online = await self.presence.online(room)
             await conn.put(encode_text(PresenceFrame(room=room, online=online)))
             await self.fanout.replay(conn, state)
+            if became_member:
+                # After the join's own frames (ok, presence, replay), which come in that order.
+                await self.rooms.added(room, [conn.user.id])
         except BaseException:
             if registered:
                 await self.leave(conn, room)
@@ -356,7 +389,12 @@ class Node:
             if kind is Kind.LOGOUT:
                 self._close_tokens(bytes.fromhex(h) for h in envelope.target.split(",") if h)
             return
-        room = int(channel.rsplit(":", 1)[1].strip("{}"))  # `{ROOM}` on a cluster
+        # The id after the last ':' (`{ID}` on a cluster, where it is a hash tag).
+        target = int(channel.rsplit(":", 1)[1].strip("{}"))
+        if kind is Kind.PERSONAL:
+            self.personal.local(target, bytes(envelope.frame).decode())
+            return
+        room = target
         if kind is Kind.MESSAGE:
             self.fanout.live(room, envelope.seq, bytes(envelope.frame).decode())
         elif kind is Kind.REMOVED:

@@ -31,6 +31,8 @@ Username = Annotated[str, Meta(min_length=3, max_length=32, pattern=r"^[A-Za-z0-
 Password = Annotated[str, Meta(min_length=8, max_length=256)]
 # Bodies and room names are checked further by `check_fields` (not blank, no NUL).
 Body = Annotated[str, Meta(min_length=1, max_length=4000)]
+# 1-16 code points; `reactions.check_emoji` refuses white space and control characters.
+Emoji = Annotated[str, Meta(min_length=1, max_length=16)]
 RoomName = Annotated[str, Meta(min_length=1, max_length=100)]
 
 MAX_BODY_CHARS = 4000
@@ -52,6 +54,14 @@ class User(Struct, frozen=True):
     bot: bool = False
 
 
+class Reaction(Struct):
+    """One emoji on a message: how many reacted with it and the first 50 who did."""
+
+    emoji: str
+    count: int
+    users: list[int]
+
+
 class Message(Struct):
     id: int
     room: int
@@ -62,6 +72,16 @@ class Message(Struct):
     ts: str
     edited_at: str | None = None
     deleted: bool = False
+    # Part 2 (threads, reactions, mentions): defaults, so that older clients keep working.
+    # The root's id for a reply, else None.
+    thread: int | None = None
+    # On a root: its replies so far and when the newest came.
+    reply_count: int = 0
+    last_reply_at: str | None = None
+    reactions: list[Reaction] = field(default_factory=list)
+    # The members mentioned by @name, in order of first appearance.
+    mentions: list[int] = field(default_factory=list)
+    mention_room: bool = False
 
 
 class Room(Struct):
@@ -90,6 +110,8 @@ class RoomSummary(Struct):
     slow_mode: int = 0
     # The caller's role in the room: owner, moderator or member.
     role: str = "member"
+    # Unread messages by others that mention the caller or @room.
+    mentions: int = 0
 
 
 class DirectoryRoom(Room):
@@ -242,6 +264,8 @@ class Send(Struct, tag="send", tag_field="type"):
     body: Body
     ref: Ref = None
     client_id: ClientId | None = None
+    # A reply: the root's id (or a reply's, which belongs to the same root).
+    thread: Id | None = None
 
 
 class Edit(Struct, tag="edit", tag_field="type"):
@@ -266,6 +290,22 @@ class Read(Struct, tag="read", tag_field="type"):
     room: Id
     seq: Seq
     ref: Ref = None
+    # Moves the read position of this thread instead of the room's.
+    thread: Id | None = None
+
+
+class React(Struct, tag="react", tag_field="type"):
+    room: Id
+    id: Id
+    emoji: Emoji
+    ref: Ref = None
+
+
+class Unreact(Struct, tag="unreact", tag_field="type"):
+    room: Id
+    id: Id
+    emoji: Emoji
+    ref: Ref = None
 
 
 class Ping(Struct, tag="ping", tag_field="type"):
@@ -279,7 +319,9 @@ class Refresh(Struct, tag="refresh", tag_field="type"):
     ref: Ref = None
 
 
-ClientFrame = Hello | Join | Leave | Send | Edit | Delete | Typing | Read | Ping | Refresh
+ClientFrame = (
+    Hello | Join | Leave | Send | Edit | Delete | Typing | Read | React | Unreact | Ping | Refresh
+)
 
 _CLIENT_TYPES = (
     "hello",
@@ -290,6 +332,8 @@ _CLIENT_TYPES = (
     "delete",
     "typing",
     "read",
+    "react",
+    "unreact",
     "ping",
     "refresh",
 )
@@ -433,6 +477,30 @@ class RemovedFrame(Struct, tag="removed", tag_field="type"):
     room: int
 
 
+class ReactionsFrame(Struct, tag="reactions", tag_field="type"):
+    """A message's whole new list of reactions, after every change."""
+
+    room: int
+    id: int
+    seq: int
+    reactions: list[Reaction]
+
+
+class NotifyFrame(Struct, tag="notify", tag_field="type"):
+    """To every socket of a user: a message that concerns them (`mention`, `room`, `dm`,
+    `reply`), whether or not the socket joined the room."""
+
+    reason: str
+    room: int
+    message: Message
+
+
+class RoomAddedFrame(Struct, tag="room_added", tag_field="type"):
+    """To every socket of a user who just became a member of a room."""
+
+    room: Room
+
+
 class RoomUpdatedFrame(Struct, tag="room_updated", tag_field="type"):
     """A room's name, topic or slow mode changed."""
 
@@ -463,6 +531,7 @@ class Kind(enum.Enum):
     EPHEMERAL = "e"  # typing, presence_diff: shed first from a full queue
     REMOVED = "r"  # `target` (a user id) was removed from the room
     LOGOUT = "k"  # `target` (a token hash, hex) was revoked: close its sockets
+    PERSONAL = "p"  # a frame for every socket of the user whose channel carries it
 
 
 class Envelope(Struct, array_like=True, omit_defaults=True):
@@ -525,6 +594,7 @@ class NewDm(Struct):
 class NewMessage(Struct):
     body: Body
     client_id: ClientId | None = None
+    thread: Id | None = None
 
 
 Role = typing.Literal["owner", "moderator", "member"]
@@ -623,6 +693,20 @@ class MessageOut(Struct):
 
 class MessagesOut(Struct):
     messages: list[Message]
+
+
+class ReactionsOut(Struct):
+    reactions: list[Reaction]
+
+
+class ThreadItem(Struct):
+    room: int
+    root: Message
+    unread: int
+
+
+class ThreadsOut(Struct):
+    threads: list[ThreadItem]
 
 
 class PresenceOut(Struct):

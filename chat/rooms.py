@@ -6,15 +6,19 @@ live side (`removed`, given by the node), here and on every process.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from . import access
 from .blocks import Blocks
 from .config import Settings
-from .errors import invalid, not_found
+from .errors import ChatError, invalid, not_found
+from .notify import Personal
 from .presence import PresenceTracker
 from .protocol import Room, RoomSummary, User
 from .store import Store
+
+log = logging.getLogger("chat.rooms")
 
 # Applies a removal to live connections everywhere: (room, user id).
 Removed = Callable[[int, int], Awaitable[None]]
@@ -32,8 +36,11 @@ class Rooms:
         presence: PresenceTracker,
         blocks: Blocks,
         removed: Removed,
+        personal: Personal,
     ) -> None:
         self.store = store
+        # `room_added` goes to every socket of whoever becomes a member, on any process.
+        self.personal = personal
         self.presence = presence
         self.blocks = blocks
         self.removed = removed
@@ -41,15 +48,40 @@ class Rooms:
         self.adds_per_window = settings.member_adds_per_hour
 
     async def create(self, user: User, name: str, private: bool) -> Room:
-        return await self.store.create_room(name, private, user.id)
+        room = await self.store.create_room(name, private, user.id)
+        await self.personal.room_added({user.id: room})
+        return room
 
     async def of_user(self, user: User) -> list[RoomSummary]:
-        return await self.store.rooms_of_user(user.id)
+        rooms = await self.store.rooms_of_user(user.id)
+        counts = await self.store.mention_counts(user.id)
+        for room in rooms:
+            room.mentions = counts.get(room.id, 0)
+        return rooms
 
     async def join(self, user: User, room: int) -> Room:
-        if access.check_join(await access.room_access(self.store, room, user.id)):
+        joined = access.check_join(await access.room_access(self.store, room, user.id))
+        if joined:
             await self.store.add_member(room, user.id)
-        return await self.get(room, user.id)
+        found = await self.get(room, user.id)
+        if joined:
+            await self.personal.room_added({user.id: found})
+        return found
+
+    async def added(self, room: int, users: list[int]) -> None:
+        """Tell `users`, who just became members of `room`, on every socket they have.
+
+        Live only, like every personal frame: the membership is stored already, so a
+        failure to read the room (PostgreSQL away) loses the frame, never the request.
+        """
+        if not users:
+            return
+        try:
+            rooms = {u: await self.get(room, u) for u in users}
+        except ChatError as exc:
+            log.warning("room_added skipped", extra={"room": room, "error": exc.code})
+            return
+        await self.personal.room_added(rooms)
 
     async def add_member(self, user: User, room: int, username: str) -> Room:
         await access.require(self.store, room, user.id, access.Action.ADD)
@@ -57,9 +89,10 @@ class Rooms:
         if target.id != user.id:
             access.check_added(await access.room_access(self.store, room, target.id))
             await self.blocks.check(user, target)
-            await self.store.add_member_by(
+            if await self.store.add_member_by(
                 room, target.id, user.id, MEMBER_ADD_WINDOW, self.adds_per_window
-            )
+            ):
+                await self.added(room, [target.id])
         return await self.get(room, user.id)
 
     async def remove_member(self, user: User, room: int, username: str) -> None:
@@ -84,7 +117,8 @@ class Rooms:
         if other.id == user.id:
             raise invalid("a direct message needs someone else")
         await self.blocks.check(user, other)
-        room = await self.store.dm_room(user, other, MEMBER_ADD_WINDOW, self.adds_per_window)
+        room, added = await self.store.dm_room(user, other, MEMBER_ADD_WINDOW, self.adds_per_window)
+        await self.added(room, added)
         return await self.get(room, user.id)
 
     async def online(self, user: User, room: int) -> list[User]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+import msgspec
 
 from . import metrics, migrate
 from .config import Settings
@@ -40,8 +41,10 @@ from .protocol import (
     DirectoryRoom,
     Member,
     Message,
+    Reaction,
     Room,
     RoomSummary,
+    ThreadItem,
     User,
     iso,
 )
@@ -86,6 +89,9 @@ Q_EDIT_MESSAGE = QUERIES["edit_message"]
 Q_DELETE_MESSAGE = QUERIES["delete_message"]
 Q_LOCK_ROOMS = QUERIES["lock_rooms"]
 Q_INSERT_MESSAGES = QUERIES["insert_messages"]
+# Plain messages (no thread, no mention) keep the statements from before conversations.
+Q_INSERT_MESSAGE_PLAIN = QUERIES["insert_message_plain"]
+Q_INSERT_MESSAGES_PLAIN = QUERIES["insert_messages_plain"]
 Q_LOCK_TARGET = QUERIES["lock_target"]
 Q_ADD_MEMBER_BY = QUERIES["add_member_by"]
 Q_RECENT_ADDS = QUERIES["recent_adds"]
@@ -138,6 +144,27 @@ Q_CUSTOM_PLANS = QUERIES["custom_plans"]
 
 # Raised by the members trigger (migration 0005) for a banned newcomer.
 SQLSTATE_BANNED = "CHB01"
+Q_THREAD_ROOT = QUERIES["thread_root"]
+Q_THREAD_AFTER = QUERIES["thread_after"]
+Q_THREAD_BEFORE = QUERIES["thread_before"]
+Q_THREADS_OF_USER = QUERIES["threads_of_user"]
+Q_SET_THREAD_READ = QUERIES["set_thread_read"]
+Q_THREAD_FOLLOWERS = QUERIES["thread_followers"]
+Q_ROOM_KIND = QUERIES["room_kind"]
+Q_ROOM_MEMBER_IDS = QUERIES["room_member_ids"]
+Q_LOCK_MESSAGE = QUERIES["lock_message"]
+Q_REACTION_STATE = QUERIES["reaction_state"]
+Q_ADD_REACTION = QUERIES["add_reaction"]
+Q_REMOVE_REACTION = QUERIES["remove_reaction"]
+Q_REFRESH_REACTIONS = QUERIES["refresh_reactions"]
+Q_MESSAGE_REACTIONS = QUERIES["message_reactions"]
+Q_MENTION_COUNTS = QUERIES["mention_counts"]
+Q_MENTIONS_OF_USER = QUERIES["mentions_of_user"]
+
+# The most distinct emoji one message holds.
+MAX_EMOJI = 20
+
+_reactions_decoder = msgspec.json.Decoder(list[Reaction])
 
 # Errors that mean "PostgreSQL is not reachable right now", not "the request is wrong".
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -163,6 +190,17 @@ class Draft:
     sender: User
     body: str
     client_id: str | None
+    # The root of the thread this replies in (checked to be a root of the room).
+    thread: int | None = None
+    # Lower-cased names after `@`, space-separated (mentions.Found.joined); None for none.
+    names: str | None = None
+    # The body says @room.
+    mention_room: bool = False
+
+    @property
+    def plain(self) -> bool:
+        """No thread and no mention: stored by the statement plain messages always had."""
+        return self.thread is None and self.names is None and not self.mention_room
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +290,11 @@ def message_from_row(row: Any, draft: Draft | None = None) -> Message:
             body=draft.body,
             client_id=draft.client_id,
             ts=iso(row["created_at"]),
+            thread=draft.thread,
+            mentions=list(row["mentions"]),
+            mention_room=draft.mention_room,
         )
+    last_reply_at = row["last_reply_at"]
     return Message(
         id=row["id"],
         room=row["room_id"],
@@ -263,7 +305,18 @@ def message_from_row(row: Any, draft: Draft | None = None) -> Message:
         ts=iso(row["created_at"]),
         edited_at=iso(row["edited_at"]) if row["edited_at"] is not None else None,
         deleted=row["deleted"],
+        thread=row["thread_id"],
+        reply_count=row["reply_count"],
+        last_reply_at=None if last_reply_at is None else iso(last_reply_at),
+        reactions=reactions_from(row["reactions"]),
+        mentions=list(row["mentions"]),
+        mention_room=row["mention_room"],
     )
+
+
+def reactions_from(value: str | None) -> list[Reaction]:
+    """The stored aggregate (jsonb text, null for none) as the contract's list."""
+    return [] if value is None else _reactions_decoder.decode(value)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -581,8 +634,11 @@ class Store:
             return False  # a member already, or they joined by themselves meanwhile
         raise _too_many_adds()
 
-    async def dm_room(self, user: User, other: User, window: float, cap: int) -> int:
-        """The one private room of a pair, created by whichever caller comes first.
+    async def dm_room(
+        self, user: User, other: User, window: float, cap: int
+    ) -> tuple[int, list[int]]:
+        """The one private room of a pair, created by whichever caller comes first, and
+        who became a member by this call (both for a new DM, the caller if they had left).
 
         Opening an existing DM puts back only the caller, never the other person. A new
         DM puts `other` into a room, so it counts against their cap of adds by others.
@@ -590,17 +646,25 @@ class Store:
         low, high = sorted((user.id, other.id))
         key = f"{low}:{high}"
         name = f"{user.username} & {other.username}"
+        added: list[int] = []
         async with self._conn() as conn, conn.transaction():
-            room = await conn.fetchval(Q_DM_ROOM_ID, key, user.id)
+            row = await conn.fetchrow(Q_DM_ROOM_ID, key, user.id)
+            room = None if row is None else row["id"]
+            if row is not None and row["rejoined"]:
+                added = [user.id]
             if room is None:
                 await conn.execute(Q_LOCK_TARGET, other.id)
                 if await conn.fetchval(Q_RECENT_ADDS, other.id, window) >= cap:
                     raise _too_many_adds()
                 room = await conn.fetchval(Q_CREATE_DM, user.id, other.id, name, key)
+                if room is not None:
+                    added = [user.id, other.id]
             if room is None:  # the other side created it meanwhile (and committed)
-                room = await conn.fetchval(Q_DM_ROOM_ID, key, user.id)
+                row = await conn.fetchrow(Q_DM_ROOM_ID, key, user.id)
+                room = row["id"]
+                added = [user.id] if row["rejoined"] else []
         assert room is not None
-        return int(room)
+        return int(room), added
 
     # -- blocks -------------------------------------------------------------
 
@@ -670,15 +734,23 @@ class Store:
         batch) are for `insert_one`, which answers each on its own.
         """
         rooms = sorted({d.room for d in drafts})
+        columns: list[list[Any]] = [
+            [d.room for d in drafts],
+            [d.sender.id for d in drafts],
+            [d.body for d in drafts],
+            [d.client_id for d in drafts],
+        ]
+        query = Q_INSERT_MESSAGES_PLAIN
+        if not all(d.plain for d in drafts):
+            query = Q_INSERT_MESSAGES
+            columns += [
+                [d.thread for d in drafts],
+                [d.names for d in drafts],
+                [d.mention_room for d in drafts],
+            ]
         async with self._conn() as conn, conn.transaction():
             await conn.execute(Q_LOCK_ROOMS, rooms)
-            rows = await conn.fetch(
-                Q_INSERT_MESSAGES,
-                [d.room for d in drafts],
-                [d.sender.id for d in drafts],
-                [d.body for d in drafts],
-                [d.client_id for d in drafts],
-            )
+            rows = await conn.fetch(query, *columns)
         return {row["ord"]: message_from_row(row, drafts[row["ord"] - 1]) for row in rows}
 
     async def insert_one(self, draft: Draft) -> tuple[Message, bool] | None:
@@ -689,16 +761,19 @@ class Store:
         room, sender, body, client_id = draft.room, draft.sender, draft.body, draft.client_id
         async with self._conn() as conn:
             try:
-                row = await conn.fetchrow(Q_INSERT_MESSAGE, room, sender.id, body, client_id)
+                args: tuple[Any, ...] = (room, sender.id, body, client_id)
+                query = Q_INSERT_MESSAGE_PLAIN
+                if not draft.plain:
+                    query = Q_INSERT_MESSAGE
+                    args += (draft.thread, draft.names, draft.mention_room)
+                row = await conn.fetchrow(query, *args)
                 if row is None:
                     # Refused, or a slow-mode send that lost a race (see the query): run
                     # it again after the room's lock, whose snapshot sees every send and
                     # mute committed before, so that the refusal, if any, is final.
                     async with conn.transaction():
                         await conn.execute(Q_LOCK_ROOMS, [room])
-                        row = await conn.fetchrow(
-                            Q_INSERT_MESSAGE, room, sender.id, body, client_id
-                        )
+                        row = await conn.fetchrow(query, *args)
             except asyncpg.UniqueViolationError:
                 # A retry or a racing duplicate of the same client_id: return the first.
                 row = await conn.fetchrow(Q_MESSAGE_BY_CLIENT_ID, room, sender.id, client_id)
@@ -751,10 +826,18 @@ class Store:
             row = await conn.fetchrow(Q_MESSAGE_AUTHOR, room, message)
         return None if row is None else (row["sender_id"], row["deleted"])
 
-    async def edit_message(self, room: int, message: int, body: str) -> Message | None:
-        """The edited message; None if it is (or just became) a tombstone."""
+    async def edit_message(
+        self,
+        room: int,
+        message: int,
+        body: str,
+        names: str | None = None,
+        mention_room: bool = False,
+    ) -> Message | None:
+        """The edited message, its mentions found again; None if it is (or just became)
+        a tombstone."""
         async with self._conn() as conn:
-            row = await conn.fetchrow(Q_EDIT_MESSAGE, room, message, body)
+            row = await conn.fetchrow(Q_EDIT_MESSAGE, room, message, body, names, mention_room)
         return None if row is None else message_from_row(row)
 
     async def delete_message(self, room: int, message: int) -> int | None:
@@ -1020,3 +1103,95 @@ class Store:
             )
             for r in rows
         ]
+
+    # -- threads ------------------------------------------------------------
+
+    async def thread_root(self, message: int) -> tuple[int, int] | None:
+        """(room, root) of the thread a message id names; None for no such message."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q_THREAD_ROOT, message)
+        return None if row is None else (row["room_id"], row["root_id"])
+
+    async def thread_after(self, root: int, after: int, limit: int) -> list[Message]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(Q_THREAD_AFTER, root, after, limit)
+        return [message_from_row(r) for r in rows]
+
+    async def thread_before(self, root: int, before: int, limit: int) -> list[Message]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(Q_THREAD_BEFORE, root, before, limit)
+        return [message_from_row(r) for r in reversed(rows)]
+
+    async def threads_of_user(self, user: int, limit: int) -> list[ThreadItem]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(Q_THREADS_OF_USER, user, limit)
+        return [
+            ThreadItem(room=r["room_id"], root=message_from_row(r), unread=r["unread"])
+            for r in rows
+        ]
+
+    async def set_thread_read(self, user: int, room: int, root: int, seq: int) -> None:
+        async with self._conn() as conn:
+            await conn.execute(Q_SET_THREAD_READ, user, room, root, seq)
+
+    async def thread_followers(self, root: int) -> list[int]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(Q_THREAD_FOLLOWERS, root)
+        return [r["user_id"] for r in rows]
+
+    # -- who to tell ----------------------------------------------------------
+
+    async def room_pair(self, room: int) -> tuple[int, int] | None:
+        """A DM's two people; None for any other room (or none)."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q_ROOM_KIND, room)
+        if row is None or row["dm_low"] is None:
+            return None
+        return int(row["dm_low"]), int(row["dm_high"])
+
+    async def room_member_ids(self, room: int) -> list[int]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(Q_ROOM_MEMBER_IDS, room)
+        return [r["user_id"] for r in rows]
+
+    # -- reactions ----------------------------------------------------------
+
+    async def react(
+        self, room: int, message: int, user: int, emoji: str, add: bool
+    ) -> tuple[int, list[Reaction], bool]:
+        """Add or remove one reaction: (seq, the message's whole list, whether it changed).
+
+        The message's row lock orders changes to one message on every process, so the
+        cap of distinct emoji and the aggregate written onto the row are exact.
+        """
+        async with self._conn() as conn, conn.transaction():
+            deleted = await conn.fetchval(Q_LOCK_MESSAGE, room, message)
+            if deleted is None:
+                raise ChatError("not_found", "no such message in this room")
+            if deleted:
+                raise ChatError("conflict", "a deleted message takes no reactions")
+            if add:
+                state = await conn.fetchrow(Q_REACTION_STATE, message, emoji)
+                if not state["has"] and state["n"] >= MAX_EMOJI:
+                    raise invalid(f"a message holds at most {MAX_EMOJI} distinct emoji")
+                changed = await conn.fetchval(Q_ADD_REACTION, message, emoji, user) is not None
+            else:
+                changed = await conn.fetchval(Q_REMOVE_REACTION, message, emoji, user) is not None
+            if changed:
+                row = await conn.fetchrow(Q_REFRESH_REACTIONS, message)
+            else:
+                row = await conn.fetchrow(Q_MESSAGE_REACTIONS, room, message)
+        return row["seq"], reactions_from(row["reactions"]), changed
+
+    # -- mentions -----------------------------------------------------------
+
+    async def mention_counts(self, user: int) -> dict[int, int]:
+        """{room: unread messages mentioning `user` or @room} for the user's rooms."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(Q_MENTION_COUNTS, user)
+        return {r["room_id"]: r["n"] for r in rows}
+
+    async def mentions_of_user(self, user: int, before: int, limit: int) -> list[Message]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(Q_MENTIONS_OF_USER, user, before, limit)
+        return [message_from_row(r) for r in rows]

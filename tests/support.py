@@ -37,6 +37,8 @@ PASSWORD = "correct horse battery"
 # Seconds after which a test's HTTP call or awaited frame counts as hung. A busy
 # machine can take seconds to answer; a hang is what this catches, not slowness.
 HANG = 30.0
+# Frames of the personal stream: they may come between any others.
+PERSONAL = ("notify", "room_added")
 
 
 def free_port() -> int:
@@ -326,10 +328,15 @@ class Ws:
     async def expect(
         self, type_: str, timeout: float = HANG, skip: tuple[str, ...] = ()
     ) -> dict[str, Any]:
-        """The next frame, which must be of `type_` (frames of types in `skip` are passed over)."""
+        """The next frame, which must be of `type_` (frames of types in `skip` are passed over).
+
+        The personal stream's frames (`notify`, `room_added`) come whenever something
+        concerns the user, whatever the socket is doing: they are passed over too unless
+        asked for.
+        """
         while True:
             frame = await self.recv(timeout)
-            if frame["type"] in skip:
+            if frame["type"] in skip or (frame["type"] in PERSONAL and type_ not in PERSONAL):
                 continue
             assert frame["type"] == type_, f"expected {type_}, got {frame}"
             return frame

@@ -69,6 +69,13 @@ async def test_post_message_shape(alice: Api) -> None:
         "ts",
         "edited_at",
         "deleted",
+        # Part 2: threads, reactions, mentions.
+        "thread",
+        "reply_count",
+        "last_reply_at",
+        "reactions",
+        "mentions",
+        "mention_room",
     }
     assert message["room"] == room["id"]
     assert message["seq"] == 1

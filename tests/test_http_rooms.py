@@ -120,10 +120,11 @@ async def test_list_rooms_shows_only_the_callers_rooms(alice: Api, bob: Api) -> 
         "last_seq",
         "unread",
         "role",
+        "mentions",  # Part 2: unread messages that mention the caller or @room
     }
     shared = ("id", "name", "private", "created_by", "dm", "topic", "slow_mode")
     assert {k: entry[k] for k in shared} == mine
-    assert entry["last_seq"] == 0 and entry["unread"] == 0
+    assert entry["last_seq"] == 0 and entry["unread"] == 0 and entry["mentions"] == 0
 
 
 async def test_last_seq_and_unread_follow_the_read_position(

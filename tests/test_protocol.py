@@ -98,7 +98,8 @@ def test_checked_fields_come_from_the_annotations() -> None:
     """Every Id, Body and RoomName field is found for the checks without a list to maintain."""
     assert _checked_fields(Edit).ids == ("room", "id")
     assert _checked_fields(Edit).texts == ("body",)
-    assert _checked_fields(Send).strings == ("room", "body", "ref", "client_id")
+    assert _checked_fields(Send).strings == ("room", "body", "ref", "client_id", "thread")
+    assert _checked_fields(Send).ids == ("room", "thread")
     assert _checked_fields(NewRoom).texts == ("name",)
     assert _checked_fields(Ping).ids == ()
 
@@ -193,6 +194,13 @@ def test_message_frame_encodes_the_contract_shape() -> None:
             "ts": "2026-11-26T10:00:00.123Z",
             "edited_at": None,
             "deleted": False,
+            # Part 2, with their defaults.
+            "thread": None,
+            "reply_count": 0,
+            "last_reply_at": None,
+            "reactions": [],
+            "mentions": [],
+            "mention_room": False,
         },
     }
 

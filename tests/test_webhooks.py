@@ -343,8 +343,19 @@ async def test_reply_is_sent_once_even_when_the_event_is_delivered_again(
     replies = [m for m in history if m["sender"]["id"] == bot.user["id"]]
     assert [m["body"] for m in replies] == ["pong"]
     assert replies[0]["client_id"] == f"webhook-{first[0].delivery}"
+    assert replies[0]["thread"] is None  # the event's message was no reply
     # The bot's reply made no event for the bot itself.
     assert len(receiver.at(path)) == 2
+    # An event of a reply in a thread: the bot's answer goes to the same thread.
+    root = next(m for m in history if m["body"] == "ping")
+    receiver.on(path, Answer(200, json.dumps({"reply": "in thread"}).encode()))
+    await owner.request(
+        "POST", f"/api/rooms/{room}/messages", 201, json={"body": "ping 2", "thread": root["id"]}
+    )
+    await receiver.wait(path, 3)
+    await settled(owner, bot, 2)
+    threaded = [m for m in await owner.all_messages(room) if m["body"] == "in thread"]
+    assert [m["thread"] for m in threaded] == [root["id"]]
     await owner.close()
     await bot.close()
 

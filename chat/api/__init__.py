@@ -6,7 +6,7 @@ its routes to this list.
 
 from __future__ import annotations
 
-from . import accounts, messages, moderation, ops, rooms, search, webhooks
+from . import accounts, conversations, messages, moderation, ops, rooms, search, webhooks
 
 ROUTES = [
     *accounts.ROUTES,
@@ -14,6 +14,7 @@ ROUTES = [
     *moderation.ROUTES,
     *rooms.ROUTES,
     *messages.ROUTES,
+    *conversations.ROUTES,
     *search.ROUTES,
     *ops.ROUTES,
 ]

@@ -99,11 +99,11 @@ async def current_user(request: Request) -> tuple[User, bytes]:
     return await node_of(request).accounts.authenticate(bearer(request))
 
 
-def path_id(request: Request, name: str = "room_id") -> int:
+def path_id(request: Request, name: str = "room_id", missing: str = "no such room") -> int:
     raw = request.path_params[name]
     # isascii: superscripts and other scripts' digits pass str.isdigit, but are no room ids.
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or raw.startswith("0"):
-        raise ChatError("not_found", "no such room")
+        raise ChatError("not_found", missing)
     return int(raw)
 
 

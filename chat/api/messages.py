@@ -7,9 +7,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..protocol import (
+    MAX_ID,
     MessageOut,
     MessagesOut,
     NewMessage,
+    as_id,
 )
 from .common import (
     current_user,
@@ -29,7 +31,12 @@ async def history(request: Request) -> Response:
     before = query_int(request, "before", 0, 2**62)
     after = query_int(request, "after", 0, 2**62)
     limit = query_int(request, "limit", 1, 200) or 50
-    messages = await node_of(request).messages.history(user, room, before, after, limit)
+    thread = query_int(request, "thread", 1, MAX_ID)
+    node = node_of(request)
+    if thread is not None:
+        messages = await node.threads.history(user, room, thread, before, after, limit)
+    else:
+        messages = await node.messages.history(user, room, before, after, limit)
     return json_response(MessagesOut(messages=messages))
 
 
@@ -38,7 +45,8 @@ async def post_message(request: Request) -> Response:
     user, _ = await current_user(request)
     room = path_id(request)
     body: NewMessage = await read_body(request, NewMessage)
-    message = await node_of(request).messages.post(user, room, body.body, body.client_id)
+    thread = None if body.thread is None else as_id(body.thread)
+    message = await node_of(request).messages.post(user, room, body.body, body.client_id, thread)
     return json_response(MessageOut(message=message), 201)
 
 

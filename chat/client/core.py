@@ -42,14 +42,18 @@ from ..protocol import (
     Leave,
     Message,
     MessageFrame,
+    NotifyFrame,
     OkJoin,
     Pong,
+    React,
     Read,
     Refresh,
     RemovedFrame,
+    RoomAddedFrame,
     RoomUpdatedFrame,
     Send,
     TypingFrame,
+    Unreact,
     User,
     Welcome,
     check_body,
@@ -62,8 +66,8 @@ from .http import HttpApi, http_base, log_in, ws_url
 
 log = logging.getLogger("chat.client")
 
-Kind = Literal["join", "leave", "send", "edit", "delete", "read", "refresh"]
-Request = Send | Edit | Delete | Read | Leave | Refresh
+Kind = Literal["join", "leave", "send", "edit", "delete", "read", "react", "unreact", "refresh"]
+Request = Send | Edit | Delete | Read | Leave | React | Unreact | Refresh
 # Supplies a fresh JWT of the same user (from the bot's identity provider).
 TokenSource = Callable[[], Awaitable[str]]
 
@@ -345,17 +349,24 @@ class ChatClient:
             return
         await self._request("leave", room, Leave(room=room))
 
-    async def send(self, room: int, body: str, *, client_id: str | None = None) -> Message:
-        """Send a message; returns it as stored, once the server has it durably.
+    async def send(
+        self,
+        room: int,
+        body: str,
+        *,
+        client_id: str | None = None,
+        thread: int | None = None,
+    ) -> Message:
+        """Send a message (a reply in `thread`, a root's or a reply's id, if given);
+        returns it as stored, once the server has it durably.
 
         Retried across reconnects (and `unavailable` replies) with the same
         `client_id`, generated when not given, so a retry never stores a second copy.
         """
         self._check_open()
         client_id = client_id or f"c-{uuid.uuid4().hex}"
-        message: Message = await self._request(
-            "send", room, Send(room=room, body=_check(body), client_id=client_id)
-        )
+        frame = Send(room=room, body=_check(body), client_id=client_id, thread=thread)
+        message: Message = await self._request("send", room, frame)
         return message
 
     async def edit(self, room: int, message_id: int, body: str) -> Message:
@@ -371,10 +382,20 @@ class ChatClient:
         self._check_open()
         await self._request("delete", room, Delete(room=room, id=message_id))
 
-    async def read(self, room: int, seq: int) -> None:
-        """Store your read position in a room."""
+    async def read(self, room: int, seq: int, *, thread: int | None = None) -> None:
+        """Store your read position in a room (or, with `thread`, in that thread)."""
         self._check_open()
-        await self._request("read", room, Read(room=room, seq=seq))
+        await self._request("read", room, Read(room=room, seq=seq, thread=thread))
+
+    async def react(self, room: int, message_id: int, emoji: str) -> None:
+        """Add your `emoji` to a message; joined clients get a `ReactionsFrame`."""
+        self._check_open()
+        await self._request("react", room, React(room=room, id=message_id, emoji=emoji))
+
+    async def unreact(self, room: int, message_id: int, emoji: str) -> None:
+        """Take back your `emoji` from a message (nothing happens if you had none)."""
+        self._check_open()
+        await self._request("unreact", room, Unreact(room=room, id=message_id, emoji=emoji))
 
     async def typing(self, room: int) -> None:
         """Tell the room you are typing; dropped if not connected right now."""
@@ -642,6 +663,10 @@ class ChatClient:
             case RoomUpdatedFrame():
                 # Its `room` is the whole room (name, topic, slow mode), not an id.
                 if frame.room.id in self._rooms:
+                    self._push(frame)
+            case NotifyFrame() | RoomAddedFrame():
+                # The personal stream: for this user whatever rooms this client joined.
+                if len(self._events) < 2 * self.max_buffer:
                     self._push(frame)
             case Welcome() | Pong():
                 pass

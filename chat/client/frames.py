@@ -20,10 +20,13 @@ from ..protocol import (
     ErrorFrame,
     Message,
     MessageFrame,
+    NotifyFrame,
     Pong,
     PresenceDiffFrame,
     PresenceFrame,
+    ReactionsFrame,
     RemovedFrame,
+    RoomAddedFrame,
     RoomUpdatedFrame,
     TypingFrame,
     Welcome,
@@ -58,6 +61,9 @@ Event = (
     | PresenceDiffFrame
     | RemovedFrame
     | RoomUpdatedFrame
+    | ReactionsFrame
+    | NotifyFrame
+    | RoomAddedFrame
 )
 
 ServerFrame = Welcome | Ack | Pong | ErrorFrame | Event
@@ -76,6 +82,9 @@ _KNOWN = frozenset(
         "presence_diff",
         "removed",
         "room_updated",
+        "reactions",
+        "notify",
+        "room_added",
     }
 )
 

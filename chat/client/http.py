@@ -27,11 +27,15 @@ from ..protocol import (
     Message,
     MessageOut,
     MessagesOut,
+    Reaction,
+    ReactionsOut,
     Room,
     RoomOut,
     RoomsOut,
     RoomSummary,
     SessionOut,
+    ThreadItem,
+    ThreadsOut,
     User,
     UserOut,
     UsersOut,
@@ -205,13 +209,17 @@ class HttpApi:
         before: int | None = None,
         after: int | None = None,
         limit: int = 50,
+        thread: int | None = None,
     ) -> list[Message]:
-        """Stored messages, ascending: the newest (below `before`), or the oldest above `after`."""
+        """Stored messages, ascending: the newest (below `before`), or the oldest above `after`;
+        with `thread`, only that root's replies."""
         params: dict[str, int | str] = {"limit": limit}
         if before is not None:
             params["before"] = before
         if after is not None:
             params["after"] = after
+        if thread is not None:
+            params["thread"] = thread
         out = await self._call(MessagesOut, "GET", f"/api/rooms/{room}/messages", params=params)
         return out.messages
 
@@ -237,11 +245,16 @@ class HttpApi:
         out = await self._call(HitsOut, "GET", "/api/search", params=params)
         return out.messages
 
-    async def post(self, room: int, body: str, client_id: str | None = None) -> Message:
-        """Send a message over HTTP (the same as a WebSocket send, fan-out included)."""
-        payload: dict[str, str] = {"body": body}
+    async def post(
+        self, room: int, body: str, client_id: str | None = None, *, thread: int | None = None
+    ) -> Message:
+        """Send a message over HTTP (the same as a WebSocket send, fan-out included); a
+        reply in `thread` if given."""
+        payload: dict[str, str | int] = {"body": body}
         if client_id is not None:
             payload["client_id"] = client_id
+        if thread is not None:
+            payload["thread"] = thread
         out = await self._call(MessageOut, "POST", f"/api/rooms/{room}/messages", json=payload)
         return out.message
 
@@ -306,6 +319,29 @@ class HttpApi:
         params: dict[str, int | str] = {"limit": limit}
         out = await self._call(AuditOut, "GET", f"/api/rooms/{room}/audit", params=params)
         return out.entries
+
+    async def react(self, room: int, message_id: int, emoji: str) -> list[Reaction]:
+        """Add your `emoji` to a message; the message's whole new list of reactions."""
+        path = f"/api/rooms/{room}/messages/{message_id}/reactions/{_seg(emoji)}"
+        return (await self._call(ReactionsOut, "PUT", path)).reactions
+
+    async def unreact(self, room: int, message_id: int, emoji: str) -> list[Reaction]:
+        """Take back your `emoji`; the message's whole new list of reactions."""
+        path = f"/api/rooms/{room}/messages/{message_id}/reactions/{_seg(emoji)}"
+        return (await self._call(ReactionsOut, "DELETE", path)).reactions
+
+    async def threads(self, limit: int = 20) -> list[ThreadItem]:
+        """Threads you follow that have replies, most recent reply first, with unread counts."""
+        out = await self._call(ThreadsOut, "GET", "/api/threads", params={"limit": limit})
+        return out.threads
+
+    async def mentions(self, *, before: int | None = None, limit: int = 20) -> list[Message]:
+        """Messages mentioning you (or @room), newest first; page on with `before` (an id)."""
+        params: dict[str, int | str] = {"limit": limit}
+        if before is not None:
+            params["before"] = before
+        out = await self._call(MessagesOut, "GET", "/api/mentions", params=params)
+        return out.messages
 
 
 # One-shot conveniences: each opens and closes its own connection pool.

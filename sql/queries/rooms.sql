@@ -127,8 +127,9 @@ WITH r AS (
     INSERT INTO members (room_id, user_id, read_seq)
     SELECT r.id, $2, r.last_seq FROM r
     ON CONFLICT DO NOTHING
+    RETURNING user_id
 )
-SELECT id FROM r;
+SELECT id, EXISTS (SELECT 1 FROM m) AS rejoined FROM r;
 
 -- name: set_read
 -- A read position only moves forward and never past the room's newest seq.

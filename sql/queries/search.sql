@@ -29,6 +29,7 @@ SELECT set_config('plan_cache_mode', 'force_custom_plan', true);
 -- private-use characters of those two code points become U+FFFD first (same
 -- length), so every marker is one ts_headline put there (chat/search.py).
 SELECT m.id, m.room_id, m.seq, m.body, m.client_id, m.created_at, m.edited_at, m.deleted,
+       m.thread_id, m.reply_count, m.last_reply_at, m.reactions, m.mentions, m.mention_room,
        u.id AS sender_id, u.username AS sender_username, u.bot AS sender_bot,
        ts_headline('simple', translate(m.body, E'\uE000\uE001', E'\uFFFD\uFFFD'), $2::tsquery,
                    E'HighlightAll=true, StartSel=\uE000, StopSel=\uE001') AS headline

@@ -55,6 +55,7 @@ RETURNING e.id, e.bot_id, e.room_id, e.message_id, e.attempts,
 SELECT w.url, w.secret,
        b.id AS bot_id, b.username AS bot_username, b.bot AS bot_bot,
        m.id, m.room_id, m.seq, m.body, m.client_id, m.created_at, m.edited_at, m.deleted,
+       m.thread_id, m.reply_count, m.last_reply_at, m.reactions, m.mentions, m.mention_room,
        u.id AS sender_id, u.username AS sender_username, u.bot AS sender_bot
 FROM users b
 LEFT JOIN webhooks w ON w.bot_id = b.id

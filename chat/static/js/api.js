@@ -60,8 +60,9 @@ export const api = {
       { token },
     ),
   dm: (token, username) => request("POST", "/api/dms", { token, body: { username } }),
-  history: (token, id, { before, after, limit } = {}) => {
+  history: (token, id, { before, after, limit, thread } = {}) => {
     const query = new URLSearchParams();
+    if (thread !== undefined && thread !== null) query.set("thread", String(thread));
     if (before !== undefined && before !== null) query.set("before", String(before));
     if (after !== undefined && after !== null) query.set("after", String(after));
     if (limit) query.set("limit", String(limit));

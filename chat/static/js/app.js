@@ -44,7 +44,11 @@ const state = {
   readTimer: null,
   bannerTimer: null,
   toastTimer: null,
+  thread: null, // the open thread pane: { room, root (message id) }
 };
+
+// The emoji one click adds under a message.
+const QUICK_REACTIONS = ["👍", "❤️", "😂", "🎉"];
 
 const key = (id) => String(id);
 const sameId = (a, b) => a !== undefined && a !== null && String(a) === String(b);
@@ -316,6 +320,8 @@ function newRoom(room) {
     role: typeof room.role === "string" ? room.role : "member",
     lastSeq: Number(room.last_seq) || 0,
     readSeq: Math.max(0, (Number(room.last_seq) || 0) - (Number(room.unread) || 0)),
+    // Unread messages that mention us (or @room): the server's count, then live notifies.
+    mentions: Number(room.mentions) || 0,
     readSentSeq: 0,
     // The seq up to which this client has every message (a join's `since`).
     seen: room.last_seq === undefined ? null : Number(room.last_seq),
@@ -383,6 +389,7 @@ async function refreshRooms({ join = true } = {}) {
       r.lastSeq = Math.max(r.lastSeq, Number(summary.last_seq));
       r.readSeq = Math.max(r.readSeq, serverRead);
       r.readSentSeq = Math.max(r.readSentSeq, serverRead);
+      r.mentions = Number(summary.mentions) || 0;
       if (r.seen === null) r.seen = Number(summary.last_seq);
     }
   }
@@ -468,6 +475,9 @@ function renderRoomItem(r) {
   badge.hidden = count === 0;
   badge.querySelector(".count").textContent = count > 99 ? "99+" : String(count);
   b.classList.toggle("has-unread", count > 0);
+  const mentionBadge = b.querySelector(".mention-badge");
+  mentionBadge.hidden = !(r.mentions > 0);
+  mentionBadge.querySelector(".count").textContent = r.mentions > 99 ? "99+" : String(r.mentions);
   if (state.activeKey === r.key) b.setAttribute("aria-current", "page");
   else b.removeAttribute("aria-current");
   const online = peer && [...r.online.values()].some((u) => sameId(u.id, r.dm.id));
@@ -493,7 +503,9 @@ function renderRoomLists() {
       b.dataset.room = r.key;
       const badge = el("span", "badge");
       badge.append(el("span", "count"), el("span", "visually-hidden", " unread"));
-      b.append(el("span", "room-icon"), el("span", "room-name"), badge);
+      const mentionBadge = el("span", "mention-badge");
+      mentionBadge.append("@", el("span", "count"), el("span", "visually-hidden", " mentions"));
+      b.append(el("span", "room-icon"), el("span", "room-name"), mentionBadge, badge);
       b.setAttribute("aria-controls", "room-view");
       b.addEventListener("click", () => openRoom(r.key, { focus: true }));
       li.append(b);
@@ -538,6 +550,7 @@ function scrollToBottom() {
 
 function closeRoomView() {
   moderation.closePanel();
+  closeThread();
   const prev = activeRoom();
   if (prev) prev.list.remove();
   state.activeKey = null;
@@ -567,7 +580,10 @@ function openRoom(k, { focus = false } = {}) {
     prev.list.remove();
   }
   const switching = prev !== r;
-  if (switching) moderation.closePanel();
+  if (switching) {
+    moderation.closePanel();
+    closeThread();
+  }
   state.activeKey = k;
   sessionStorage.setItem(ACTIVE_KEY, k);
   document.body.classList.add("room-open");
@@ -820,11 +836,25 @@ function paintMessage(r, li, m) {
   if (m.edited_at) edited.title = `Edited ${fullFormat.format(new Date(m.edited_at))}`;
   part(li, "status").textContent = "";
   if (!li.classList.contains("editing")) {
-    part(li, "body").textContent = m.deleted ? "This message was deleted." : m.body;
+    if (m.deleted) part(li, "body").textContent = "This message was deleted.";
+    else paintBody(part(li, "body"), m.body);
   }
+  li.classList.toggle("mentions-me", !m.deleted && mentionsMe(m));
+  li.classList.toggle("reply", m.thread !== undefined && m.thread !== null);
+  paintReactions(li, m);
   const actions = part(li, "actions");
   actions.replaceChildren();
   if (!m.deleted) {
+    const replies = Number(m.reply_count) || 0;
+    const thread = button(
+      replies ? `${replies} ${replies === 1 ? "reply" : "replies"}` : "Reply",
+      replies ? "act thread has-replies" : "act thread",
+    );
+    thread.dataset.root = String(m.thread || m.id);
+    actions.append(thread);
+    const react = button("👍", "act react");
+    react.setAttribute("aria-label", "React with 👍");
+    actions.append(react);
     const who = `your message from ${shortTime(new Date(m.ts))}`;
     if (isMine(m.sender)) {
       const edit = button("Edit", "act edit");
@@ -842,6 +872,68 @@ function paintMessage(r, li, m) {
     }
   }
   actions.hidden = actions.children.length === 0;
+}
+
+// Whether a message mentions the signed-in user by name or says @room.
+function mentionsMe(m) {
+  if (!state.me) return false;
+  return Boolean(m.mention_room) || (m.mentions || []).some((id) => sameId(id, state.me.id));
+}
+
+// The server's @name rule (docs/protocol.md): the longest run of username characters
+// after an @ that starts the body or follows no letter, digit or _, less trailing . - _.
+const MENTION = /@([A-Za-z0-9_.-]+)/g;
+
+// A body as text nodes, with @mentions of the signed-in user (and @room) marked.
+function paintBody(box, body) {
+  box.replaceChildren();
+  const mine = state.me ? state.me.username.toLowerCase() : null;
+  let at = 0;
+  for (const match of body.matchAll(MENTION)) {
+    const before = match.index > 0 ? body[match.index - 1] : "";
+    if (before && /[\p{L}\p{N}_]/u.test(before)) continue;
+    const name = match[1].replace(/[._-]+$/, "");
+    const lower = name.toLowerCase();
+    if (!name || (lower !== mine && lower !== "room")) continue;
+    box.append(body.slice(at, match.index));
+    box.append(el("mark", "mention", `@${name}`));
+    at = match.index + 1 + name.length;
+  }
+  box.append(body.slice(at));
+}
+
+// The reactions row: one toggle per emoji (pressed when one of ours), counts as text.
+function paintReactions(li, m) {
+  let row = li.querySelector(":scope > .content > .reactions");
+  if (!row) {
+    row = el("div", "reactions");
+    part(li, "body").after(row);
+  }
+  row.replaceChildren();
+  for (const x of m.deleted ? [] : m.reactions || []) {
+    const mine = state.me && (x.users || []).some((id) => sameId(id, state.me.id));
+    const chip = button(`${x.emoji} ${x.count}`, "reaction");
+    chip.dataset.emoji = x.emoji;
+    chip.setAttribute("aria-pressed", mine ? "true" : "false");
+    row.append(chip);
+  }
+  row.hidden = row.children.length === 0;
+}
+
+function react(r, m, emoji, add) {
+  if (!state.conn || !state.conn.ready) return;
+  const frame = { type: add ? "react" : "unreact", room: r.id, id: m.id, emoji };
+  state.conn.request(frame).then(
+    (reply) => {
+      if (reply.type === "error") toast(`Could not react: ${reply.message}`);
+    },
+    () => toast("Could not react: not connected"),
+  );
+}
+
+function messageById(r, id) {
+  for (const entry of r.msgs.values()) if (sameId(entry.m.id, id)) return entry;
+  return null;
 }
 
 function regroup(li) {
@@ -925,8 +1017,101 @@ function addMessage(r, m, origin) {
     else $("jump-new").hidden = false;
     scheduleRead();
   }
+  // The first message of an empty room replaces "No messages yet".
+  if (active) renderHistoryTop();
+  if (m.thread !== undefined && m.thread !== null) {
+    if (origin === "live" || origin === "ok") {
+      // A live frame's root says how many replies it had then: count this one.
+      const root = messageById(r, m.thread);
+      if (root && !(root.seenReplies || (root.seenReplies = new Set())).has(seq)) {
+        root.seenReplies.add(seq);
+        root.m = {
+          ...root.m,
+          reply_count: (Number(root.m.reply_count) || 0) + 1,
+          last_reply_at: m.ts,
+        };
+        paintMessage(r, root.el, root.m);
+      }
+    }
+    if (state.thread && state.thread.room === r && sameId(state.thread.root, m.thread)) {
+      addThreadItem(m);
+    }
+  }
   renderRoomItem(r);
   return true;
+}
+
+// -- the thread pane ------------------------------------------------------------
+
+function threadItem(m) {
+  const li = el("li", "msg thread-msg");
+  li.dataset.id = String(m.id);
+  li.dataset.seq = String(m.seq);
+  const meta = el("div", "meta");
+  meta.append(el("span", "sender", m.sender.username), " ", el("time", "ts", shortTime(new Date(m.ts))));
+  const body = el("div", "body");
+  if (m.deleted) body.textContent = "This message was deleted.";
+  else paintBody(body, m.body);
+  li.classList.toggle("mentions-me", !m.deleted && mentionsMe(m));
+  li.append(meta, body);
+  return li;
+}
+
+function addThreadItem(m) {
+  const list = $("thread-list");
+  if (list.querySelector(`li[data-id="${CSS.escape(String(m.id))}"]`)) return;
+  list.append(threadItem(m));
+  list.scrollTop = list.scrollHeight;
+}
+
+async function openThread(r, rootId) {
+  state.thread = { room: r, root: rootId };
+  const list = $("thread-list");
+  list.replaceChildren();
+  $("thread-pane").hidden = false;
+  document.body.classList.add("thread-open");
+  const root = messageById(r, rootId);
+  $("thread-title").textContent = root ? `Thread: ${root.m.sender.username}` : "Thread";
+  if (root) {
+    const li = threadItem(root.m);
+    li.classList.add("thread-root");
+    list.append(li);
+  }
+  try {
+    const data = await authed((token) => api.history(token, r.id, { thread: rootId, limit: 200 }));
+    if (!state.thread || state.thread.root !== rootId) return;
+    for (const m of data.messages) addThreadItem(m);
+  } catch (err) {
+    $("thread-error").textContent = `Could not load the thread: ${describeError(err)}`;
+  }
+  $("thread-input").focus();
+}
+
+function closeThread() {
+  state.thread = null;
+  $("thread-pane").hidden = true;
+  document.body.classList.remove("thread-open");
+}
+
+function sendReply() {
+  const t = state.thread;
+  const body = $("thread-input").value;
+  if (!t || !body.trim() || !state.conn || !state.conn.ready) return;
+  const frame = { type: "send", room: t.room.id, body, client_id: newClientId(), thread: t.root };
+  $("thread-error").textContent = "";
+  state.conn.request(frame).then(
+    (reply) => {
+      if (reply.type === "ok" && reply.message) {
+        $("thread-input").value = "";
+        addMessage(t.room, reply.message, "ok");
+      } else {
+        $("thread-error").textContent = reply.message || "The server refused it.";
+      }
+    },
+    () => {
+      $("thread-error").textContent = "Not connected: try again in a moment.";
+    },
+  );
 }
 
 // Fetch the messages between seq `from` and seq `to` (both excluded).
@@ -1217,12 +1402,28 @@ function askDelete(r, seq) {
 }
 
 function onMessagesClick(event) {
-  const target = event.target.closest("button.act");
+  const chip = event.target.closest("button.reaction");
+  const target = chip || event.target.closest("button.act");
   if (!target) return;
   const li = target.closest("li.msg");
   const r = activeRoom();
   if (!li || !r || !li.dataset.seq) return;
   const seq = Number(li.dataset.seq);
+  const entry = r.msgs.get(seq);
+  if (chip && entry) {
+    react(r, entry.m, chip.dataset.emoji, chip.getAttribute("aria-pressed") !== "true");
+    return;
+  }
+  if (target.classList.contains("react") && entry) {
+    const x = (entry.m.reactions || []).find((y) => y.emoji === QUICK_REACTIONS[0]);
+    const mine = x && state.me && x.users.some((id) => sameId(id, state.me.id));
+    react(r, entry.m, QUICK_REACTIONS[0], !mine);
+    return;
+  }
+  if (target.classList.contains("thread")) {
+    openThread(r, Number(target.dataset.root));
+    return;
+  }
   if (target.classList.contains("edit")) startEdit(r, seq);
   else if (target.classList.contains("delete")) askDelete(r, seq);
 }
@@ -1240,8 +1441,9 @@ function markRead() {
   if (!nearBottom()) return;
   let top = 0;
   for (const seq of r.msgs.keys()) top = Math.max(top, seq);
-  if (top > r.readSeq) {
-    r.readSeq = top;
+  if (top > r.readSeq || r.mentions) {
+    r.readSeq = Math.max(r.readSeq, top);
+    r.mentions = 0; // read up to the newest: no unread mention is left
     renderRoomItem(r);
   }
   if (r.readSeq > r.readSentSeq && state.conn && state.conn.ready) {
@@ -1341,6 +1543,41 @@ function onFrame(frame) {
     case "removed":
       if (r) removeRoomLocally(r, `You were removed from “${displayName(r)}”.`);
       break;
+    case "reactions": {
+      const entry = r ? r.msgs.get(Number(frame.seq)) : null;
+      if (entry) {
+        entry.m = { ...entry.m, reactions: frame.reactions || [] };
+        paintMessage(r, entry.el, entry.m);
+      }
+      break;
+    }
+    case "room_added":
+      // Someone added us, opened a DM with us, or we joined elsewhere: show it now,
+      // with its unread count, and join it (refreshRooms joins what is new).
+      if (frame.room && !state.rooms.has(key(frame.room.id))) {
+        refreshRooms().catch(() => {
+          if (state.rooms.has(key(frame.room.id))) return;
+          const added = newRoom(frame.room);
+          state.rooms.set(added.key, added);
+          renderRoomLists();
+          joinRoom(added);
+        });
+      }
+      break;
+    case "notify": {
+      // `notify` has no room id at the top but the frame's own `room`.
+      const target = state.rooms.get(key(frame.room));
+      if (!target) {
+        refreshRooms().catch(() => {});
+        break;
+      }
+      const seen = isActive(target) && nearBottom() && document.visibilityState === "visible";
+      if ((frame.reason === "mention" || frame.reason === "room") && !seen) {
+        target.mentions += 1;
+        renderRoomItem(target);
+      }
+      break;
+    }
     default:
       // error frames without a ref, pongs of the heartbeat, and types this
       // client does not know: nothing to show.
@@ -1483,6 +1720,17 @@ function wire() {
   $("composer-input").addEventListener("keydown", onComposerKey);
   $("composer-input").addEventListener("input", onComposerInput);
   $("messages").addEventListener("click", onMessagesClick);
+  $("thread-close").addEventListener("click", closeThread);
+  $("thread-composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendReply();
+  });
+  $("thread-input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      sendReply();
+    }
+  });
   $("messages").addEventListener(
     "scroll",
     () => {
