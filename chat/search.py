@@ -25,7 +25,7 @@ from msgspec import Struct, field
 from .errors import invalid
 from .protocol import Message, User
 
-if TYPE_CHECKING:  # store.py knows asyncpg; this module only calls it
+if TYPE_CHECKING:  # the store knows asyncpg; this module only calls it
     from .store import Store
 
 # Longer queries are refused: no one types them, and they only cost the database.

@@ -2,7 +2,7 @@
 
 `sql/queries/*.sql` hold named queries (`-- name: insert_message`) and
 `sql/migrations/NNNN_name.sql` the schema, applied in order by `migrate.py`.
-`QUERIES[name]` is read at import time by `store.py`, so a misspelt name fails
+`QUERIES[name]` is read at import time by `store/`, so a misspelt name fails
 when the server starts, not when a request first needs it.
 """
 

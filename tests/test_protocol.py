@@ -20,7 +20,6 @@ from chat.protocol import (
     Ping,
     Send,
     User,
-    _checked_fields,
     as_id,
     check_body,
     decode_body,
@@ -29,6 +28,7 @@ from chat.protocol import (
     is_blank,
     peek_ref,
 )
+from chat.protocol.types import _checked_fields
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
