@@ -3,9 +3,9 @@
 The node owns the life cycle (start, drain, stop), takes connections in and
 out, hands each decoded frame to its use case (`messages.py`, `rooms.py`),
 joins and leaves rooms (with `fanout.py` and `presence.py`), and routes what
-arrives from the broker. It also applies what other processes announce on the
-control channel (log-outs) and, since the broker may lose those, re-reads
-memberships and sessions from PostgreSQL periodically and after a reconnect.
+arrives from the broker: message frames to `fanout.py`, log-outs and removals
+to `sessions.py`, personal frames to `notify.py`. It runs the reconcile loop,
+which re-reads what the broker may have lost from PostgreSQL.
 """
 
 from __future__ import annotations
