@@ -3,9 +3,9 @@
 The node owns the life cycle (start, drain, stop), takes connections in and
 out, hands each decoded frame to its use case (`messages.py`, `rooms.py`),
 joins and leaves rooms (with `fanout.py` and `presence.py`), and routes what
-arrives from the broker. It also applies what other processes announce on the
-control channel (log-outs) and, since the broker may lose those, re-reads
-memberships and sessions from PostgreSQL periodically and after a reconnect.
+arrives from the broker: message frames to `fanout.py`, log-outs and removals
+to `sessions.py`, personal frames to `notify.py`. It runs the reconcile loop,
+which re-reads what the broker may have lost from PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable
 
 import msgspec
 
@@ -50,17 +50,16 @@ from .protocol import (
     React,
     Read,
     Refresh,
-    RemovedFrame,
     Send,
     Typing,
     Unreact,
-    User,
     as_id,
     decode_envelope,
     encode_text,
 )
 from .reactions import Reactions
 from .rooms import Rooms
+from .sessions import Sessions
 from .store import Store
 from .threads import Threads
 from .webhooks import Webhooks
@@ -93,20 +92,30 @@ class Node:
         self.budgets = Budgets(settings)
         self.fanout = Fanout(settings, store, broker, self.hub, origin, self._spawn)
         self.presence = PresenceTracker(settings, backends.presence, self.fanout, self._spawn)
+        # Log-outs, token rotations, JWT expiry and removals, on every process.
+        self.sessions = Sessions(
+            store,
+            self.accounts,
+            self.bot_tokens,
+            self.hub,
+            self.fanout,
+            self.presence,
+            self.control,
+            self._spawn,
+        )
         # Every socket of a user, on any process: notify and room_added.
         self.personal = Personal(self.hub, broker, self.fanout)
         self.notifier = Notifier(store, self.personal)
         self.messages = Messages(settings, store, self.fanout, self.budgets, self.notifier)
-        self.rooms = Rooms(settings, store, self.presence, self.blocks, self.removed, self.personal)
+        self.rooms = Rooms(
+            settings, store, self.presence, self.blocks, self.sessions.removed, self.personal
+        )
         self.reactions = Reactions(store, self.fanout)
         self.threads = Threads(store)
-        self.moderation = Moderation(store, self.fanout, self.rooms, self.removed)
+        self.moderation = Moderation(store, self.fanout, self.rooms, self.sessions.removed)
         # Bots' webhooks: the owner's use cases, and this process's share of the deliveries.
         self.webhooks = Webhooks(store, settings.webhook_allow_private)
         self.deliveries = DeliveryWorker(settings, store, self.messages.send)
-        # The connections opened with a JWT, by id: the timer that closes each when its
-        # token expires. They have no session row, so the session re-check skips them.
-        self.expiring: dict[int, asyncio.TimerHandle] = {}
         # Set by `drain` at shutdown: connections are closed and new ones refused.
         self.draining = False
         # Set once draining and the last connection has gone.
@@ -129,8 +138,8 @@ class Node:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.deliveries.close()
         await self.presence.clear()
-        for handle in self.expiring.values():
-            handle.cancel()
+        for conn in list(self.hub.connections.values()):
+            self.sessions.forget(conn)
         await self.accounts.aclose()
         await self.broker.disconnect()
 
@@ -176,7 +185,7 @@ class Node:
             raise ChatError("rate_limited", "too many connections for this user")
         self.hub.attach(conn)
         if expires is not None:
-            self._expire_at(conn, expires)
+            self.sessions.expire_at(conn, expires)
         metrics.CONNECTIONS.inc()
         if self.draining:
             conn.close(Close.RESTART, "server restarting")  # its hello raced the shutdown
@@ -188,16 +197,14 @@ class Node:
         the session is read again now that a log-out finds it. The caller detaches
         the connection if this raises.
         """
-        if conn.id in self.expiring:
+        if self.sessions.jwt(conn):
             return  # a JWT: no session to end, it ends by expiring
         if not await self.store.live_sessions([conn.token_hash]):
             raise ChatError("unauthorized", "this session has ended: log in again")
         await self.personal.attached(conn.user.id)
 
     async def detach(self, conn: Connection) -> None:
-        handle = self.expiring.pop(conn.id, None)
-        if handle is not None:
-            handle.cancel()
+        self.sessions.forget(conn)
         self.hub.detach(conn)
         metrics.CONNECTIONS.dec()
         if self.draining and not self.hub.connections:
@@ -264,36 +271,10 @@ class Node:
                 await conn.put(encode_text(Pong(ref=frame.ref)))
             case Refresh():
                 self._limit(conn, budget.control.take())
-                await self.refresh(conn, frame.token)
+                await self.sessions.refresh(conn, frame.token)
                 await conn.put(encode_text(Ok(ref=frame.ref)))
             case _:
                 raise invalid("`hello` was already received")
-
-    # -- JWT expiry ------------------------------------------------------------
-
-    def _expire_at(self, conn: Connection, expires: float) -> None:
-        """Close `conn` with 4001 when its JWT expires (replacing an earlier timer)."""
-        old = self.expiring.pop(conn.id, None)
-        if old is not None:
-            old.cancel()
-        delay = max(0.0, expires - time.time())
-        self.expiring[conn.id] = asyncio.get_running_loop().call_later(delay, self._expired, conn)
-
-    def _expired(self, conn: Connection) -> None:
-        self.expiring.pop(conn.id, None)
-        conn.close(Close.UNAUTHORIZED, "the token expired: sign in again")
-        metrics.CLOSES.labels(str(Close.UNAUTHORIZED)).inc()
-
-    async def refresh(self, conn: Connection, token: str) -> None:
-        """A fresh JWT of the same user moves the socket's expiry to the new token's."""
-        if conn.id not in self.expiring:
-            raise invalid("only a socket opened with a JWT takes `refresh`")
-        identity = await self.accounts.identify(token)
-        if identity.expires is None:
-            raise invalid("`refresh` takes a JWT")
-        if identity.user.id != conn.user.id:
-            raise forbidden("the token is another user's")
-        self._expire_at(conn, identity.expires)
 
     def _limit(self, conn: Connection, allowed: bool) -> None:
         """Refuse a frame its user's budget did not allow; too many refusals close 4008.
@@ -387,7 +368,9 @@ class Node:
         kind = envelope.kind
         if channel == self.control:
             if kind is Kind.LOGOUT:
-                self._close_tokens(bytes.fromhex(h) for h in envelope.target.split(",") if h)
+                self.sessions.close_tokens(
+                    bytes.fromhex(h) for h in envelope.target.split(",") if h
+                )
             return
         # The id after the last ':' (`{ID}` on a cluster, where it is a hash tag).
         target = int(channel.rsplit(":", 1)[1].strip("{}"))
@@ -398,80 +381,9 @@ class Node:
         if kind is Kind.MESSAGE:
             self.fanout.live(room, envelope.seq, bytes(envelope.frame).decode())
         elif kind is Kind.REMOVED:
-            self._kick(room, int(envelope.target))
+            self.sessions.kick(room, int(envelope.target))
         else:
             self.fanout.local(room, kind, bytes(envelope.frame).decode())
-
-    # -- membership and sessions, everywhere ----------------------------------
-
-    async def removed(self, room: int, user: int) -> None:
-        """`user` is no longer a member of `room`: their sockets stop receiving it everywhere."""
-        self._kick(room, user)
-        await self.fanout.publish(self.fanout.channel(room), Kind.REMOVED, target=str(user))
-
-    def _kick(self, room: int, user: int) -> None:
-        """Stop `user`'s connections here from receiving `room` (they were removed)."""
-        text = encode_text(RemovedFrame(room=room))
-        for conn in self.hub.members_here(room, user):
-            conn.push(text)
-            if self.hub.remove(conn, room):
-                self._spawn(self.presence.leave(room, conn.user), "presence-leave")
-        state = self.hub.rooms.get(room)
-        if state is not None and not state.conns:
-            self._spawn(self.fanout.close(state), "release")
-
-    def _close_tokens(self, token_hashes: Iterable[bytes]) -> None:
-        for token_hash in token_hashes:
-            for conn in self.hub.by_token(token_hash):
-                conn.close(Close.UNAUTHORIZED, "logged out")
-                metrics.CLOSES.labels(str(Close.UNAUTHORIZED)).inc()
-
-    async def _revoked(self, token_hashes: Sequence[bytes]) -> None:
-        """Close the sockets of tokens whose sessions just ended, here and on every process.
-
-        One control publication (the hashes comma-separated) per call; a process that
-        misses it finds the ended sessions at its next access re-check.
-        """
-        if not token_hashes:
-            return
-        self._close_tokens(token_hashes)
-        target = ",".join(h.hex() for h in token_hashes)
-        await self.fanout.publish(self.control, Kind.LOGOUT, target=target)
-
-    async def log_out(self, token_hash: bytes) -> None:
-        await self.accounts.log_out(token_hash)
-        await self._revoked([token_hash])
-
-    async def replace_bot_tokens(
-        self, owner: User, username: str, *, rotate: bool
-    ) -> tuple[str | None, User]:
-        """Rotate (a new token) or revoke a bot's tokens; the old ones' sockets close with 4001."""
-        token, bot, ended = await self.bot_tokens.replace(owner, username, rotate=rotate)
-        await self._revoked(ended)
-        return token, bot
-
-    async def _recheck_access(self) -> None:
-        """Apply removals and log-outs whose broadcast was lost with the broker link.
-
-        Run before a fill delivers what was stored meanwhile, so a removed member
-        gets none of it.
-        """
-        pairs = {
-            (room, c.user.id) for room, st in self.hub.rooms.items() for c in st.conns.values()
-        }
-        if pairs:
-            members = await self.store.memberships(
-                sorted({room for room, _ in pairs}), sorted({user for _, user in pairs})
-            )
-            for room, user in sorted(pairs - members):
-                self._kick(room, user)
-        tokens = {
-            conn.token_hash
-            for conn in self.hub.connections.values()
-            if conn.id not in self.expiring  # a JWT's socket ends when the JWT expires
-        }
-        if tokens:
-            self._close_tokens(tokens - await self.store.live_sessions(sorted(tokens)))
 
     async def _reconcile_loop(self) -> None:
         rechecked = time.monotonic()
@@ -483,7 +395,7 @@ class Node:
                 # that died before publishing one (or a session that expired while idle,
                 # which nothing publishes) is caught within ACCESS_RECHECK.
                 if not self.broker.connected or now - rechecked >= self.settings.access_recheck:
-                    await self._recheck_access()
+                    await self.sessions.recheck()
                     rechecked = now
                 self.budgets.prune(self.hub.per_user)
                 await self.fanout.reconcile()
@@ -501,7 +413,7 @@ class Node:
         await self.presence.refresh()
         for attempt in range(50):
             try:
-                await self._recheck_access()
+                await self.sessions.recheck()
                 await self.fanout.reconcile()
                 return
             except ChatError:

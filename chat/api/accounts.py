@@ -45,7 +45,7 @@ async def log_in(request: Request) -> Response:
 @endpoint
 async def log_out(request: Request) -> Response:
     _, token_hash = await current_user(request)
-    await node_of(request).log_out(token_hash)
+    await node_of(request).sessions.log_out(token_hash)
     return Response(status_code=204)
 
 
@@ -60,7 +60,7 @@ async def create_bot(request: Request) -> Response:
 @endpoint
 async def rotate_bot_token(request: Request) -> Response:
     user, _ = await current_user(request)
-    token, bot = await node_of(request).replace_bot_tokens(
+    token, bot = await node_of(request).sessions.replace_bot_tokens(
         user, request.path_params["username"], rotate=True
     )
     assert token is not None
@@ -70,7 +70,9 @@ async def rotate_bot_token(request: Request) -> Response:
 @endpoint
 async def revoke_bot_tokens(request: Request) -> Response:
     user, _ = await current_user(request)
-    await node_of(request).replace_bot_tokens(user, request.path_params["username"], rotate=False)
+    await node_of(request).sessions.replace_bot_tokens(
+        user, request.path_params["username"], rotate=False
+    )
     return Response(status_code=204)
 
 
