@@ -1,17 +1,7 @@
-"""PostgreSQL: the pool, the read replica, and what every part of `Store` shares.
+"""What every part of `Store` shares: the pool, the read replica, errors and row mappers.
 
-Only this package knows asyncpg. A lost or refused connection, a timed-out
-command or a server shutting down becomes `ChatError("unavailable")`, so a
-request fails cleanly while PostgreSQL is away and the pool reconnects by
-itself once it is back. Constraint violations are matched by exception class.
-
-With `DATABASE_READ_URL`, reads that may lag (history pages here; the
-directory, search and thread lists through `Store.read`) go to a streaming
-replica while `Replica` says it is usable: up, and its replay at most
-`READ_MAX_LAG` behind, measured every second by comparing LSNs, never per
-query. A replica that is behind, down or failing is bypassed at once for the
-primary; nothing waits for it. Everything that must be current (sends, acks,
-gap repair, replay after `join`, access checks) always reads the primary.
+The package's own docstring (`store/__init__.py`) says how PostgreSQL outages
+and the read replica are handled.
 """
 
 from __future__ import annotations
