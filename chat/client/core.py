@@ -15,147 +15,53 @@ joined room once and in order.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import itertools
-import json
 import logging
 import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Literal, Self
+from typing import Any, Self
 
-import httpx
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from ..protocol import (
     Delete,
     Edit,
-    ErrorFrame,
-    FrameError,
-    Hello,
     Join,
     Leave,
     Message,
-    MessageFrame,
-    NotifyFrame,
     OkJoin,
-    Pong,
     React,
     Read,
     Refresh,
-    RemovedFrame,
-    RoomAddedFrame,
-    RoomUpdatedFrame,
     Send,
-    TypingFrame,
     Unreact,
     User,
-    Welcome,
-    check_body,
     encode_text,
 )
 from ..protocol import Typing as TypingRequest
-from .errors import FATAL_CLOSES, ClientClosed, ClientError, ConnectionStopped, ServerError
-from .frames import Ack, Event, MalformedFrame, ServerFrame, backoff_delay, decode_server_frame
+from .errors import ClientClosed, ClientError
+from .frames import Event
 from .http import HttpApi, http_base, log_in, ws_url
+from .link import Link
+from .ops import (
+    Kind,
+    Request,
+    TokenSource,
+    _check,
+    _fail,
+    _Op,
+    _Room,
+    jwt_expiry,
+)
 
 log = logging.getLogger("chat.client")
 
-Kind = Literal["join", "leave", "send", "edit", "delete", "read", "react", "unreact", "refresh"]
-Request = Send | Edit | Delete | Read | Leave | React | Unreact | Refresh
-# Supplies a fresh JWT of the same user (from the bot's identity provider).
-TokenSource = Callable[[], Awaitable[str]]
 
-# Messages fetched per history request when a room's hole is filled.
-FILL_PAGE = 200
-# Largest frame accepted from the server; the server is trusted, so only a sanity bound.
-MAX_FRAME = 64 * 1024 * 1024
-
-
-class _Op:
-    """A request waiting for its reply; sent again on each new connection until it gets one."""
-
-    __slots__ = ("attempts", "frame", "future", "kind", "ref", "room", "sent_on")
-
-    def __init__(
-        self,
-        ref: int,
-        kind: Kind,
-        room: int,
-        frame: Request | None,
-        future: asyncio.Future[Any] | None,
-    ) -> None:
-        # Unique for the client's life, so a reply is never taken for another request's.
-        self.ref = ref
-        self.kind = kind
-        self.room = room
-        # The frame to send; None for a join, whose `since` is taken when it is sent.
-        self.frame = frame
-        # Resolved with the reply's result; None for the client's own rejoins.
-        self.future = future
-        # The connection (its generation) it was last sent on; 0: not sent on this one.
-        self.sent_on = 0
-        # `unavailable` replies so far, for its backoff.
-        self.attempts = 0
-
-
-class _Room:
-    """What the client knows of a joined room's message stream."""
-
-    __slots__ = ("behind", "filler", "id", "seen", "wire")
-
-    def __init__(self, room: int, since: int | None) -> None:
-        self.id = room
-        # The last seq accepted into the buffer; None until the first join's `ok`.
-        self.seen = since
-        # The highest seq seen on the wire, so a fill knows when it has caught up.
-        self.wire = since or 0
-        # A hole was found: live messages are dropped until the fill from history catches up.
-        self.behind = False
-        # The task filling the hole, while there is one.
-        self.filler: asyncio.Task[None] | None = None
-
-
-def _resolve(future: asyncio.Future[Any] | None, result: Any) -> None:
-    if future is not None and not future.done():
-        future.set_result(result)
-
-
-def _fail(future: asyncio.Future[Any] | None, error: BaseException) -> None:
-    if future is not None and not future.done():
-        future.set_exception(error)
-
-
-def jwt_expiry(token: str) -> float | None:
-    """The `exp` of a JWT (UNIX seconds), read without checking it; None for other tokens.
-
-    The client only schedules its refresh by it: the server is the one that checks.
-    """
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error):
-        return None
-    exp = payload.get("exp") if isinstance(payload, dict) else None
-    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
-
-
-def _check(body: str) -> str:
-    # A body the server must refuse is refused here, before it is retried forever.
-    try:
-        return check_body(body)
-    except FrameError as exc:
-        raise ValueError(str(exc)) from None
-
-
-class ChatClient:
+class ChatClient(Link):
     """A chat connection for bots: `async with ChatClient(url, token) as client: ...`.
 
     `url` is the server's `http(s)://host:port` (or its `ws(s)://host:port/ws`).
@@ -506,292 +412,3 @@ class ChatClient:
                 raise ClientError("not started: use `async with` or `await client.start()`")
             self._wakeup.clear()
             await self._wakeup.wait()
-
-    def _push(self, event: Event) -> None:
-        self._events.append(event)
-        self._wakeup.set()
-
-    # -- the connection -------------------------------------------------------
-
-    def _backoff(self, attempt: int) -> float:
-        return backoff_delay(attempt, self.backoff_base, self.backoff_cap, self._rng)
-
-    async def _run(self) -> None:
-        """Connect, read until the connection ends, back off, again; until stopped."""
-        failures = 0
-        try:
-            while True:
-                try:
-                    ws = await connect(
-                        self.ws_url, open_timeout=self.open_timeout, max_size=MAX_FRAME
-                    )
-                except InvalidStatus as exc:
-                    status = exc.response.status_code
-                    if 400 <= status < 500 and status not in (408, 429):
-                        body = exc.response.body.decode(errors="replace")[:200]
-                        advice = "the server refused the WebSocket handshake; check the URL"
-                        self._stop(ConnectionStopped(status, body, advice))
-                        return
-                    log.info("handshake refused with HTTP %d; retrying", status)
-                except InvalidURI as exc:
-                    self._stop(ClientError(f"bad WebSocket URL {self.ws_url!r}: {exc}"))
-                    return
-                except (OSError, TimeoutError, InvalidHandshake) as exc:
-                    log.info("cannot connect to %s (%s); retrying", self.ws_url, exc)
-                else:
-                    welcomed, code, reason = await self._session(ws)
-                    if welcomed:
-                        failures = 0
-                    if code == 4001 and welcomed and self.refresh_token is not None:
-                        # The JWT expired under a working socket: a new one, then reconnect.
-                        log.info("the token expired; reconnecting with a fresh one")
-                        code = 1012
-                    if code in FATAL_CLOSES:
-                        reason = reason or self._last_error
-                        self._stop(ConnectionStopped(code, reason, FATAL_CLOSES[code]))
-                        return
-                    log.info("connection closed with %d %s; reconnecting", code, reason)
-                delay = self._backoff(failures)
-                failures += 1
-                await asyncio.sleep(delay)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("the chat client failed")
-            self._stop(ClientError(f"the chat client failed: {exc!r}"))
-
-    async def _session(self, ws: ClientConnection) -> tuple[bool, int, str]:
-        """One connection from hello to close: whether it was welcomed, and the close code."""
-        welcomed = False
-        try:
-            try:
-                await self._fresh_token()
-            except Exception as exc:  # the bot's callback: its failure must not end the client
-                log.warning("the refresh_token callback failed: %s", type(exc).__name__)
-            await ws.send(encode_text(Hello(token=self.token)))
-            async for data in ws:
-                frame = self._decode(data)
-                if frame is None:
-                    continue
-                if welcomed:
-                    self._dispatch(frame)
-                elif isinstance(frame, Welcome):
-                    welcomed = True
-                    self._welcome(ws, frame)
-                elif isinstance(frame, ErrorFrame):
-                    self._last_error = f"{frame.code}: {frame.message}"
-        except ConnectionClosed:
-            pass
-        finally:
-            if self._ws is ws:
-                self._ws = None
-            # A leave is done once the connection is gone: nothing is subscribed any more.
-            for op in [op for op in self._ops.values() if op.kind == "leave"]:
-                del self._ops[op.ref]
-                _resolve(op.future, None)
-            await ws.close()
-        rcvd = ws.protocol.close_rcvd
-        return welcomed, (rcvd.code if rcvd else 1006), (rcvd.reason if rcvd else "")
-
-    def _decode(self, data: str | bytes) -> ServerFrame | None:
-        try:
-            return decode_server_frame(data)
-        except MalformedFrame as exc:
-            log.warning("ignoring a malformed frame: %s", exc)
-            return None
-
-    def _welcome(self, ws: ClientConnection, frame: Welcome) -> None:
-        self._user = frame.user
-        self._gen += 1
-        self._ws = ws
-        self._last_error = ""
-        if self._ready.is_set():
-            self.reconnects += 1
-            log.info("reconnected as %s", frame.user.username)
-        self._ready.set()
-        self._spawn(self._resume(self._gen))
-        if self.refresh_token is not None and jwt_expiry(self.token) is not None:
-            self._spawn(self._refresher(self._gen))
-
-    async def _resume(self, gen: int) -> None:
-        """Rejoin every room with `since`, then send again every request still waiting."""
-        joining = {op.room for op in self._ops.values() if op.kind == "join"}
-        for room in self._rooms:
-            if room not in joining:
-                ref = next(self._refs)
-                self._ops[ref] = _Op(ref, "join", room, None, None)
-        for op in sorted(self._ops.values(), key=lambda op: (op.kind != "join", op.ref)):
-            if self._gen != gen:
-                return
-            await self._transmit(op)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("chat client task failed", exc_info=task.exception())
-
-    def _stop(self, error: ClientError) -> None:
-        """Stop for good: fail every pending request and wake the reader with `error`."""
-        log.error("%s", error)
-        self._stopped = error
-        for op in self._ops.values():
-            _fail(op.future, error)
-        self._ops.clear()
-        for task in self._tasks:
-            task.cancel()
-        self._wakeup.set()
-
-    # -- frames from the server -----------------------------------------------
-
-    def _dispatch(self, frame: ServerFrame) -> None:
-        match frame:
-            case Ack():
-                self._on_ack(frame)
-            case ErrorFrame():
-                self._on_error(frame)
-            case MessageFrame():
-                self._on_message(frame)
-            case RemovedFrame():
-                if self._forget(frame.room):
-                    self._push(frame)
-            case RoomUpdatedFrame():
-                # Its `room` is the whole room (name, topic, slow mode), not an id.
-                if frame.room.id in self._rooms:
-                    self._push(frame)
-            case NotifyFrame() | RoomAddedFrame():
-                # The personal stream: for this user whatever rooms this client joined.
-                if len(self._events) < 2 * self.max_buffer:
-                    self._push(frame)
-            case Welcome() | Pong():
-                pass
-            case _:
-                # Live-only events: edited, deleted, typing, presence, presence_diff.
-                # A reader that far behind loses typing first, the rest at twice the bound.
-                size = len(self._events)
-                if isinstance(frame, TypingFrame) and size >= self.max_buffer:
-                    return
-                if frame.room in self._rooms and size < 2 * self.max_buffer:
-                    self._push(frame)
-
-    def _on_ack(self, ack: Ack) -> None:
-        op = self._ops.pop(ack.ref, None) if isinstance(ack.ref, int) else None
-        if op is None:
-            return
-        result: Any = None
-        if op.kind == "join":
-            result = self._joined(op.room, ack)
-        elif op.kind in ("send", "edit"):
-            result = ack.message
-        _resolve(op.future, result)
-
-    def _joined(self, room: int, ack: Ack) -> OkJoin:
-        last = ack.seq or 0
-        state = self._rooms.get(room)
-        if state is not None:
-            if state.seen is None:
-                state.seen = last
-            state.wire = max(state.wire, last)
-            if ack.truncated:
-                # The replay skips messages: take them all from history instead.
-                self._fall_behind(state)
-        return OkJoin(ref=ack.ref, room=room, seq=last, truncated=ack.truncated)
-
-    def _on_error(self, error: ErrorFrame) -> None:
-        op = self._ops.get(error.ref) if isinstance(error.ref, int) else None
-        if op is None:
-            self._last_error = f"{error.code}: {error.message}"
-            log.warning("error from the server: %s", self._last_error)
-            return
-        if error.code == "unavailable":
-            # A backing service is down: the same request is safe to repeat later.
-            op.sent_on = 0
-            self._spawn(self._retry(op))
-            return
-        del self._ops[op.ref]
-        if op.kind == "join" and op.future is None and self._forget(op.room):
-            # A rejoin refused (the user was removed meanwhile): the room is gone.
-            self._push(RemovedFrame(room=op.room))
-        elif op.kind == "join":
-            self._forget(op.room)
-        _fail(op.future, ServerError(error.code, error.message))
-
-    def _on_message(self, frame: MessageFrame) -> None:
-        state = self._rooms.get(frame.room)
-        if state is None or state.seen is None:
-            return
-        seq = frame.message.seq
-        state.wire = max(state.wire, seq)
-        if state.behind or seq <= state.seen:
-            return
-        if seq > state.seen + 1 or len(self._events) >= self.max_buffer:
-            self._fall_behind(state)
-            return
-        state.seen = seq
-        self._push(frame)
-
-    def _forget(self, room: int) -> bool:
-        """Drop a room, its fill and any join of it still waiting; whether it was there."""
-        state = self._rooms.pop(room, None)
-        if state is None:
-            return False
-        if state.filler is not None:
-            state.filler.cancel()
-        for op in [op for op in self._ops.values() if op.kind == "join" and op.room == room]:
-            del self._ops[op.ref]
-            _fail(op.future, ClientError(f"room {room} was left before its join completed"))
-        return True
-
-    # -- filling holes from history -------------------------------------------
-
-    def _fall_behind(self, state: _Room) -> None:
-        state.behind = True
-        if state.filler is None or state.filler.done():
-            state.filler = self._spawn(self._fill(state))
-
-    async def _fill(self, state: _Room) -> None:
-        """Fetch a room's messages after the last accepted one until it reaches the live stream.
-
-        Live frames of the room are dropped meanwhile (they only raise `wire`), and
-        the switch back to live happens with no await after the last check, so no
-        message falls between the two.
-        """
-        failures = 0
-        while state.behind and self._rooms.get(state.id) is state:
-            while len(self._events) > self.max_buffer // 2:
-                self._drained.clear()
-                await self._drained.wait()
-            assert state.seen is not None
-            # Never fetch more than the buffer has room for.
-            limit = max(1, min(FILL_PAGE, self.max_buffer - len(self._events)))
-            try:
-                page = await self.api.history(state.id, after=state.seen, limit=limit)
-            except ServerError as exc:
-                if exc.code in ("forbidden", "not_found"):
-                    if self._forget(state.id):
-                        self._push(RemovedFrame(room=state.id))
-                    return
-                log.warning("history of room %d: %s; retrying", state.id, exc)
-                page = []
-            except httpx.HTTPError as exc:
-                log.info("history of room %d: %s; retrying", state.id, exc)
-                page = []
-            if self._rooms.get(state.id) is not state:
-                return
-            for message in page:
-                if message.seq > state.seen:
-                    state.seen = message.seq
-                    self._push(MessageFrame(room=state.id, message=message))
-            if state.seen >= state.wire:
-                state.behind = False
-                return
-            if page:
-                failures = 0
-            else:
-                await asyncio.sleep(self._backoff(failures))
-                failures += 1
