@@ -880,3 +880,27 @@ class PrivateReplica:
                 await self.stop("fast")
             except Exception:
                 pass  # already stopped
+
+
+async def schemathesis(server: ServerProcess, token: str | None, *args: str) -> str:
+    """Run the schemathesis CLI against the server's /openapi.json with the contract checks;
+    its output, after asserting it passed. `args` choose paths, examples and the seed."""
+    cli = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
+    proc = await asyncio.create_subprocess_exec(
+        cli,
+        "run",
+        f"{server.url}/openapi.json",
+        "-H",
+        f"Authorization: Bearer {token}",
+        "--checks",
+        "not_a_server_error,status_code_conformance,content_type_conformance,"
+        "response_schema_conformance",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-6000:]
+    assert "passed" in text
+    return text
