@@ -83,7 +83,7 @@ class Sessions:
 
     async def refresh(self, conn: Connection, token: str) -> None:
         """A fresh JWT of the same user moves the socket's expiry to the new token's."""
-        if conn.id not in self.expiring:
+        if not self.jwt(conn):
             raise invalid("only a socket opened with a JWT takes `refresh`")
         identity = await self.accounts.identify(token)
         if identity.expires is None:
@@ -158,7 +158,7 @@ class Sessions:
         tokens = {
             conn.token_hash
             for conn in self.hub.connections.values()
-            if conn.id not in self.expiring  # a JWT's socket ends when the JWT expires
+            if not self.jwt(conn)  # a JWT's socket ends when the JWT expires
         }
         if tokens:
             self.close_tokens(tokens - await self.store.live_sessions(sorted(tokens)))
