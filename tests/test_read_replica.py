@@ -168,11 +168,12 @@ async def test_replica_stopped(replicated: tuple[ServerProcess, PrivateReplica])
 @pytest.mark.faults
 @needs_redis
 @pytest.mark.timeout(120)
-async def test_search_and_directory_read_the_replica(
+async def test_search_directory_and_threads_read_the_replica(
     replicated: tuple[ServerProcess, PrivateReplica],
 ) -> None:
-    """Search matches and the directory come from the replica; search's rooms (membership
-    as of now) from the primary, so a member removed a moment ago finds nothing."""
+    """Search matches, the directory and the followed threads come from the replica;
+    search's rooms (membership as of now) from the primary, so a member removed a moment
+    ago finds nothing."""
     server, _ = replicated
     alice = await Api.new_user(server.url, "srep")
     bob = await Api.new_user(server.url, "srep")
@@ -190,7 +191,17 @@ async def test_search_and_directory_read_the_replica(
         assert [m["body"] for m in hits["messages"]] == ["the kingfisher dives"]
         found = await bob.request("GET", "/api/rooms/directory", 200, params={"q": "kingfisher"})
         assert [r["id"] for r in found["rooms"]] == [room]
-        assert await metric(alice, REPLICA_READS) >= before + 3
+        # A reply makes both follow the thread; the followed list is a replica read too.
+        root = hits["messages"][0]["id"]
+        await bob.request(
+            "POST", f"/api/rooms/{room}/messages", 201, json={"body": "so it does", "thread": root}
+        )
+        async with asyncio.timeout(HANG):  # until the replica has replayed the reply
+            while not (await alice.request("GET", "/api/threads", 200))["threads"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # polling: the replica's replay has no event
+        threads = (await alice.request("GET", "/api/threads", 200))["threads"]
+        assert [(t["room"], t["root"]["id"], t["unread"]) for t in threads] == [(room, root, 1)]
+        assert await metric(alice, REPLICA_READS) >= before + 5
         await bob.request("DELETE", f"/api/rooms/{room}/members/{bob.username}", 204)
         hits = await bob.request("GET", "/api/search", 200, params={"q": "kingfisher"})
         assert hits["messages"] == []

@@ -5,6 +5,8 @@ A part of `Store`: only this package knows asyncpg.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import ChatError, invalid
 from ..protocol import (
     Message,
@@ -54,8 +56,13 @@ class ConversationQueries(StoreBase):
         return [message_from_row(r) for r in reversed(rows)]
 
     async def threads_of_user(self, user: int, limit: int) -> list[ThreadItem]:
-        async with self._conn() as conn:
-            rows = await conn.fetch(Q_THREADS_OF_USER, user, limit)
+        """The followed threads, from the read replica while it is usable (may lag)."""
+
+        async def page(conn: Any) -> list[Any]:
+            found: list[Any] = await conn.fetch(Q_THREADS_OF_USER, user, limit)
+            return found
+
+        rows = await self.read(page)
         return [
             ThreadItem(room=r["room_id"], root=message_from_row(r), unread=r["unread"])
             for r in rows
